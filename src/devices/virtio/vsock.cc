@@ -404,6 +404,7 @@ void Vsock::handle_tx_packet(const VsockHeader& h, DescriptorChain& chain) {
     return;
   }
 
+  const uint64_t id = c->id;  // c may be closed (destroyed) by what follows
   // Every packet carries the guest's current buffer space (§5.10.6.3).
   c->peer_buf_alloc = h.buf_alloc;
   c->peer_fwd_cnt = h.fwd_cnt;
@@ -493,7 +494,7 @@ void Vsock::handle_tx_packet(const VsockHeader& h, DescriptorChain& chain) {
       c->need_credit_update = true;
       break;
   }
-  if (conns_.count(c->id) == 0) return;
+  if (conns_.count(id) == 0) return;
   update_interest(*c);
   if (c->has_rx()) mark_pending(*c);
 }
@@ -845,8 +846,9 @@ bool Vsock::fill_rx(Conn& c, DescriptorChain& chain) {
     }
     if (c.host_eof) {
       c.need_shutdown = kVsockShutdownSend | (c.host_hup ? kVsockShutdownRcv : 0);
-      flush_to_host(c);  // may decide the connection is over
-      if (!conns_.count(c.id)) return false;
+      const uint64_t id = c.id;
+      flush_to_host(c);  // may end the connection (and destroy c)
+      if (!conns_.count(id)) return false;
     }
   }
   if (c.need_credit_update) {

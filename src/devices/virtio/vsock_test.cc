@@ -543,6 +543,28 @@ TEST_F(VsockTest, GuestExceedingOurCreditIsReset) {
   EXPECT_EQ(dev_->connection_count(), 0u);
 }
 
+TEST_F(VsockTest, HostVanishingWithBufferedDataResetsTheGuest) {
+  post_rx(8);
+  UniqueFd listener = unix_listen(path_ + "_6000");
+  send(hdr(kVsockOpRequest, 1, 6000));
+  ASSERT_TRUE(wait_for(kVsockOpResponse));
+  UniqueFd conn(::accept(listener.get(), nullptr, nullptr));
+  send(hdr(kVsockOpRequest, 2, 6000));  // a bystander that must survive
+  ASSERT_TRUE(wait_for(kVsockOpResponse));
+  UniqueFd other(::accept(listener.get(), nullptr, nullptr));
+  // Fill the host socket (a Unix socket takes about 208 KiB) so the device keeps some itself.
+  auto chunk = random_bytes(kMaxPacketPayload, 7);
+  for (int i = 0; i < 4; ++i) send(hdr(kVsockOpRw, 1, 6000, kMaxPacketPayload), chunk);
+  // The host goes away; before the event loop notices, the guest sends more.
+  conn.reset();
+  send(hdr(kVsockOpRw, 1, 6000, 100), std::span(chunk).first(100));
+  auto rst = wait_for(kVsockOpRst);
+  ASSERT_TRUE(rst);
+  EXPECT_EQ(rst->h.dst_port, 1u);
+  EXPECT_EQ(dev_->connection_count(), 1u);
+  EXPECT_FALSE(dev_->needs_reset());
+}
+
 TEST_F(VsockTest, NoRxBuffersMeansTheHostIsNotRead) {
   post_rx(1);
   auto [fd, host_port] = host_connect(5000);
