@@ -40,6 +40,8 @@ class I8042 : public IoHandler {
   uint8_t output_port_ = 0x01;   // bit 0: the reset line is not asserted
   std::optional<uint8_t> pending_command_;  // a command that takes a data byte on port 0x60
   std::optional<uint8_t> output_;           // byte waiting in the output buffer
+  bool timeout_ = false;                    // status bit 6 for the byte in output_
+  bool last_write_was_command_ = false;     // status bit 3
 };
 
 }  // namespace sm::devices

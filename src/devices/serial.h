@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 
 #include "vmm/bus.h"
@@ -41,10 +42,10 @@ class Serial : public IoHandler {
   [[nodiscard]] bool input_space() const;
 
  private:
-  uint8_t read_reg(uint64_t offset, bool& irq);
-  void write_reg(uint64_t offset, uint8_t value, bool& irq, std::deque<std::byte>& out);
+  uint8_t read_reg(uint64_t offset);
+  // irq: an interrupt condition arose; out: a byte for the host sink.
+  void write_reg(uint64_t offset, uint8_t value, bool& irq, std::optional<std::byte>& out);
   uint8_t iir_locked() const;
-  bool interrupt_pending_locked() const;
 
   std::shared_ptr<Interrupt> interrupt_;
   Sink sink_;
