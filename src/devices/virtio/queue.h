@@ -108,7 +108,11 @@ class DescriptorChain {
   uint64_t readable_len_ = 0;
   uint64_t writable_len_ = 0;
   uint64_t read_pos_ = 0;   // bytes consumed from readable_
+  size_t read_seg_ = 0;     // the cursor as (segment, offset in it)
+  uint64_t read_off_ = 0;
   uint64_t write_pos_ = 0;  // bytes produced into writable_
+  size_t write_seg_ = 0;
+  uint64_t write_off_ = 0;
 };
 
 // The device side of one split virtqueue. The transport fills in the driver's configuration
