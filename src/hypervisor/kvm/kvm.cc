@@ -508,10 +508,12 @@ UniqueFd probe(const ProbeOptions& opts) {
   if (!fd) {
     int err = errno;
     if (err == ENOENT) {
+      if (pvm)
+        throw Error(fmt::format("{} not found, and {}; {}", dev, pvm_note, kNestedHint));
       throw Error(fmt::format(
           "{} not found: this host offers no KVM. Load kvm_intel or kvm_amd (modprobe kvm_intel / "
-          "kvm_amd) and enable virtualization (VT-x / AMD-V) in the firmware{}; {}",
-          dev, pvm ? fmt::format(" ({})", pvm_note) : "", kNestedHint));
+          "kvm_amd) and enable virtualization (VT-x / AMD-V) in the firmware; {}",
+          dev, kNestedHint));
     }
     if (err == EACCES || err == EPERM) {
       throw Error(fmt::format(
