@@ -2,7 +2,7 @@
 #include "hypervisor/kvm/kvm.h"
 
 #include <fcntl.h>
-#include <linux/kvm.h>
+#include "hypervisor/kvm/kvm_uapi.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
