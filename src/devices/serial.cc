@@ -203,6 +203,11 @@ size_t Serial::enqueue_input(std::span<const std::byte> bytes) {
   return n;
 }
 
+bool Serial::accepting_input() const {
+  std::lock_guard lock(mu_);
+  return (ier_ & kIerRdi) != 0;
+}
+
 bool Serial::input_space() const {
   std::lock_guard lock(mu_);
   return rx_.size() < kMaxPendingInput;

@@ -78,7 +78,8 @@ void log_guest_error(const char* where, const std::exception& e) {
 // Host console input: the fd, the TTY mode to put back, and bytes the UART had no room for.
 struct Machine::ConsoleInput {
   int fd = -1;
-  bool registered = false;
+  bool registered = false;  // the fd is in the event loop
+  bool eof = false;
   std::optional<termios> saved_tty;
   std::vector<std::byte> pending;
   UniqueFd retry_timer;  // re-offers `pending` while the guest drains its FIFO
@@ -221,35 +222,40 @@ void Machine::on_console_input() {
   if (n <= 0) {  // end of input (or an error): the guest just gets no more
     loop_.remove(input_->fd);
     input_->registered = false;
+    input_->eof = true;
     return;
   }
-  auto bytes = std::span<const std::byte>(buf.data(), static_cast<size_t>(n));
-  size_t took = serial_->enqueue_input(bytes);
-  if (took < bytes.size()) {
-    // The UART is full: hold the rest, stop reading (back-pressure on the writer) and retry.
-    input_->pending.assign(bytes.begin() + static_cast<ptrdiff_t>(took), bytes.end());
-    loop_.remove(input_->fd);
-    input_->registered = false;
-    itimerspec its{};
-    its.it_value.tv_nsec = 10'000'000;
-    ::timerfd_settime(input_->retry_timer.get(), 0, &its, nullptr);
-  }
+  input_->pending.insert(input_->pending.end(), buf.begin(), buf.begin() + n);
+  deliver_console_input();
 }
 
 void Machine::on_input_retry() {
   uint64_t expirations;
   [[maybe_unused]] auto r = ::read(input_->retry_timer.get(), &expirations, sizeof expirations);
+  deliver_console_input();
+}
+
+void Machine::deliver_console_input() {
   auto& p = input_->pending;
-  size_t took = serial_->enqueue_input(p);
-  p.erase(p.begin(), p.begin() + static_cast<ptrdiff_t>(took));
+  // Until the guest opens its console (and while it throttles us) input waits here; the UART
+  // would drop it otherwise (Serial::accepting_input).
+  if (serial_->accepting_input()) {
+    size_t took = serial_->enqueue_input(p);
+    p.erase(p.begin(), p.begin() + static_cast<ptrdiff_t>(took));
+  }
   if (!p.empty()) {
+    // Stop reading (back-pressure on the writer) and offer the rest again shortly.
+    if (input_->registered) {
+      loop_.remove(input_->fd);
+      input_->registered = false;
+    }
     itimerspec its{};
     its.it_value.tv_nsec = 10'000'000;
     ::timerfd_settime(input_->retry_timer.get(), 0, &its, nullptr);
-    return;
+  } else if (!input_->registered && !input_->eof) {
+    loop_.add(input_->fd, EPOLLIN, [this](uint32_t) { on_console_input(); });
+    input_->registered = true;
   }
-  loop_.add(input_->fd, EPOLLIN, [this](uint32_t) { on_console_input(); });
-  input_->registered = true;
 }
 
 void Machine::setup_signals() {

@@ -74,6 +74,7 @@ class Machine {
   void setup_console_input();
   void on_console_input();
   void on_input_retry();
+  void deliver_console_input();
   void setup_signals();
   void boot_vcpus();
   void vcpu_thread(hv::Vcpu& vcpu);
