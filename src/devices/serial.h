@@ -40,10 +40,10 @@ class Serial : public IoHandler {
   size_t enqueue_input(std::span<const std::byte> bytes);
   // True when the guest can take more input (for back-pressure on the host's stdin).
   [[nodiscard]] bool input_space() const;
-  // True while the guest driver listens for input (IER "received data available" on). Linux
-  // turns it on when the port is opened and off while throttled or closed, and clears the FIFO
-  // when it opens the port, so host input offered before then would be lost: hold it until
-  // this says yes.
+  // True while the guest driver listens for input: IER "received data available" on, MCR OUT2
+  // on, loopback off. Linux sets these when the port is opened (after clearing the FIFO) and
+  // drops RDI while throttled or closed, so host input offered before then would be lost: hold
+  // it until this says yes.
   [[nodiscard]] bool accepting_input() const;
 
  private:

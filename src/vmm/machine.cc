@@ -241,6 +241,7 @@ void Machine::deliver_console_input() {
   // would drop it otherwise (Serial::accepting_input).
   if (serial_->accepting_input()) {
     size_t took = serial_->enqueue_input(p);
+    spdlog::debug("console input: {} of {} bytes to the guest", took, p.size());
     p.erase(p.begin(), p.begin() + static_cast<ptrdiff_t>(took));
   }
   if (!p.empty()) {
