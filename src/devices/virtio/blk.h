@@ -3,10 +3,11 @@
 // One request queue. Requests: IN (read), OUT (write), FLUSH (fdatasync), GET_ID (the serial,
 // 20 bytes, NUL-padded). Anything else gets VIRTIO_BLK_S_UNSUPP. A request past the end of the
 // disk, a data length that is not a multiple of 512, a write to a read-only disk, too many data
-// segments (> seg_max) or a segment longer than size_max gets VIRTIO_BLK_S_IOERR. A chain
-// without room for the status byte or with a truncated header is returned with len 0 (there
-// is nowhere to report the error). Data moves with preadv/pwritev straight between the file and
-// guest buffers.
+// segments (> seg_max) or a segment longer than size_max, and a header shorter than 16 bytes
+// get VIRTIO_BLK_S_IOERR. A chain with no writable byte for the status is returned with len 0
+// (there is nowhere to report the error). Data moves with preadv/pwritev straight between the
+// file and guest buffers, synchronously on the notifying thread (the event loop's, with
+// ioeventfd), holding the device mutex.
 #pragma once
 
 #include <cstdint>
