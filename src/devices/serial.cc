@@ -203,6 +203,14 @@ size_t Serial::enqueue_input(std::span<const std::byte> bytes) {
   return n;
 }
 
+bool Serial::accepting_input() const {
+  std::lock_guard lock(mu_);
+  // Linux's 8250 probe writes IER = 0x0f with MCR still 0 to see whether IER exists, and its
+  // loopback test runs with IER 0; only a port it has opened has OUT2 (the PC's IRQ gate) on,
+  // loopback off and the receive interrupt on (8250_port.c, serial8250_do_startup).
+  return (ier_ & kIerRdi) && (mcr_ & kMcrOut2) && !(mcr_ & kMcrLoop);
+}
+
 bool Serial::input_space() const {
   std::lock_guard lock(mu_);
   return rx_.size() < kMaxPendingInput;

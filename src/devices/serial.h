@@ -40,6 +40,11 @@ class Serial : public IoHandler {
   size_t enqueue_input(std::span<const std::byte> bytes);
   // True when the guest can take more input (for back-pressure on the host's stdin).
   [[nodiscard]] bool input_space() const;
+  // True while the guest driver listens for input: IER "received data available" on, MCR OUT2
+  // on, loopback off. Linux sets these when the port is opened (after clearing the FIFO) and
+  // drops RDI while throttled or closed, so host input offered before then would be lost: hold
+  // it until this says yes.
+  [[nodiscard]] bool accepting_input() const;
 
  private:
   uint8_t read_reg(uint64_t offset);
