@@ -261,7 +261,8 @@ void Store::Ingest::write(std::span<const std::byte> data) {
 }
 
 void Store::Ingest::restart() {
-  if (!fd_) return;
+  if (complete_) return;
+  if (!fd_) fd_ = open_or_throw(partial_, O_RDWR | O_CREAT);  // after discard(): start afresh
   if (::ftruncate(fd_.get(), 0) != 0) throw sys_error("cannot truncate " + partial_.string());
   if (::lseek(fd_.get(), 0, SEEK_SET) < 0) throw sys_error("cannot seek " + partial_.string());
   hash_ = Sha256();
