@@ -238,6 +238,14 @@ std::vector<AuthChallenge> parse_www_authenticate(std::string_view v) {
         }
         break;
       }
+      // token68 credentials end in '=' padding ("Negotiate abc=="): skip them.
+      std::size_t j = i;
+      while (j < v.size() && v[j] == '=') ++j;
+      while (j < v.size() && (v[j] == ' ' || v[j] == '\t')) ++j;
+      if (ch.params.empty() && (j >= v.size() || v[j] == ',')) {
+        i = j;
+        break;
+      }
       ++i;  // '='
       skip_ws();
       std::string val;

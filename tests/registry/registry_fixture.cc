@@ -19,6 +19,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "oci/http.h"
 
 extern char** environ;
 
@@ -114,6 +115,12 @@ bool send_all(int fd, std::string_view s) {
     s.remove_prefix(static_cast<std::size_t>(n));
   }
   return true;
+}
+
+std::string_view trim_view(std::string_view s) {
+  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
+  return s;
 }
 
 std::string lower(std::string s) {
@@ -367,6 +374,19 @@ void FaultProxy::fail_blob_503(const oci::Digest& d, int times) {
   std::lock_guard lk(mu_);
   rules_[d.to_string()].fail503 = times;
 }
+void FaultProxy::require_bearer(std::string token, std::optional<std::pair<std::string, std::string>> basic) {
+  std::lock_guard lk(mu_);
+  bearer_ = std::move(token);
+  bearer_basic_ = std::move(basic);
+}
+int FaultProxy::token_requests() {
+  std::lock_guard lk(mu_);
+  return token_requests_;
+}
+std::string FaultProxy::last_token_query() {
+  std::lock_guard lk(mu_);
+  return last_token_query_;
+}
 int FaultProxy::blob_requests(const oci::Digest& d) {
   std::lock_guard lk(mu_);
   return rules_[d.to_string()].requests;
@@ -406,6 +426,7 @@ void FaultProxy::handle(int client) {
   std::string out;
   std::size_t content_length = 0;
   bool has_range = false;
+  std::string authorization;
   std::size_t pos = 0;
   std::string request_line;
   while (pos <= head.size()) {
@@ -419,6 +440,10 @@ void FaultProxy::handle(int client) {
     }
     std::string l = lower(line);
     if (l.starts_with("connection:")) continue;
+    if (l.starts_with("authorization:")) {  // ours to check; the registry behind has no auth
+      authorization = std::string(trim_view(line.substr(14)));
+      continue;
+    }
     if (l.starts_with("content-length:")) content_length = std::stoul(line.substr(15));
     if (l.starts_with("range:")) has_range = true;
     out += line + "\r\n";
@@ -430,6 +455,43 @@ void FaultProxy::handle(int client) {
     body.append(buf, static_cast<std::size_t>(n));
   }
   out += body;
+
+  // Token auth, when asked for.
+  std::optional<std::string> bearer;
+  std::optional<std::pair<std::string, std::string>> basic;
+  {
+    std::lock_guard lk(mu_);
+    bearer = bearer_;
+    basic = bearer_basic_;
+  }
+  std::string path = request_line.substr(request_line.find(' ') + 1);
+  path = path.substr(0, path.find(' '));
+  if (bearer && path.starts_with("/token")) {
+    {
+      std::lock_guard lk(mu_);
+      ++token_requests_;
+      last_token_query_ = path.substr(path.find('?') + 1);
+    }
+    if (basic && authorization != "Basic " + oci::base64_encode(basic->first + ":" + basic->second)) {
+      send_all(client, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+      return;
+    }
+    std::string tok = json{{"token", *bearer}, {"expires_in", 300}}.dump();
+    send_all(client, fmt::format("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+                                 "Connection: close\r\n\r\n{}", tok.size(), tok));
+    return;
+  }
+  if (bearer && path.starts_with("/v2/") && authorization != "Bearer " + *bearer) {
+    std::string repo = path.substr(4);
+    for (std::string_view kind : {"/manifests/", "/blobs/"})
+      if (auto k = repo.find(kind); k != std::string::npos) repo.resize(k);
+    std::string body = R"({"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]})";
+    send_all(client, fmt::format("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{}/token\","
+                                 "service=\"sm-test\",scope=\"repository:{}:pull\"\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+                                 port_, repo, body.size(), body));
+    return;
+  }
 
   std::string digest;
   bool is_get = request_line.starts_with("GET ");

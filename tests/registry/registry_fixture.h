@@ -96,6 +96,12 @@ class FaultProxy {
   void drop_blob_midway(const oci::Digest& d, int times);
   // Answer the next `times` requests for this blob with 503.
   void fail_blob_503(const oci::Digest& d, int times);
+  // Token auth in front of the registry (Docker's token flow): /v2/ requests without
+  // "Authorization: Bearer <token>" get a 401 Bearer challenge whose realm is this proxy's
+  // /token endpoint, which hands out `token`, only to `basic` credentials when those are given.
+  void require_bearer(std::string token, std::optional<std::pair<std::string, std::string>> basic = {});
+  [[nodiscard]] int token_requests();
+  [[nodiscard]] std::string last_token_query();
   // Requests seen for this blob, and how many carried a Range header.
   [[nodiscard]] int blob_requests(const oci::Digest& d);
   [[nodiscard]] int range_requests(const oci::Digest& d);
@@ -118,6 +124,10 @@ class FaultProxy {
     int ranges = 0;
   };
   std::map<std::string, Rule> rules_;  // by digest string
+  std::optional<std::string> bearer_;
+  std::optional<std::pair<std::string, std::string>> bearer_basic_;
+  int token_requests_ = 0;
+  std::string last_token_query_;
 };
 
 }  // namespace sm::testing

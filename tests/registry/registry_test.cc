@@ -267,6 +267,30 @@ TEST_F(RegistryPull, ConcurrentPullsIntoOneStoreBothSucceed) {
     EXPECT_FALSE(e.path().extension() == ".partial") << e.path();
 }
 
+TEST_F(RegistryPull, BearerTokenFromTheChallenge) {
+  FaultProxy proxy(registry_->port());
+  proxy.require_bearer("tok-123");
+  Store s(store_dir_.path);
+  auto r = pull(s, Reference::parse(proxy.host() + "/test/single:v1"), fast_options());
+  expect_complete(s, r);
+  EXPECT_GE(proxy.token_requests(), 1);
+  EXPECT_LE(proxy.token_requests(), 4);  // the token is reused, not fetched per blob
+  EXPECT_EQ(proxy.last_token_query(), "service=sm-test&scope=repository%3Atest%2Fsingle%3Apull");
+
+  // A token server that wants credentials: wrong ones are an auth error, right ones work.
+  FaultProxy locked(registry_->port());
+  locked.require_bearer("tok-456", std::make_pair("bob", "pw"));
+  TempDir other("sm-store");
+  Store s2(other.path);
+  auto o = fast_options();
+  o.registry.credentials = Credentials{"bob", "nope"};
+  auto err = error_of([&] { (void)pull(s2, Reference::parse(locked.host() + "/test/single:v1"), o); });
+  EXPECT_NE(err.find("authentication failed"), std::string::npos) << err;
+  o.registry.credentials = Credentials{"bob", "pw"};
+  auto r2 = pull(s2, Reference::parse(locked.host() + "/test/single:v1"), o);
+  expect_complete(s2, r2);
+}
+
 TEST_F(RegistryPull, PruneAfterPull) {
   Store s(store_dir_.path);
   auto r = pull(s, ref("test/single:v1"), fast_options());
