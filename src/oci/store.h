@@ -92,7 +92,8 @@ class Store {
     [[nodiscard]] std::uint64_t offset() const { return offset_; }
     // Appends; throws when the expected size would be exceeded.
     void write(std::span<const std::byte> data);
-    // Forget partial content and start from byte 0 (e.g. the server ignored a Range request).
+    // Forget partial content and start from byte 0 (e.g. the server ignored a Range request);
+    // also reopens after discard() or a failed commit() for another try.
     void restart();
     // Verifies size and digest, fsyncs and renames into blobs/. On mismatch the partial file
     // is deleted and sm::Error names the expected and actual values.
