@@ -445,61 +445,6 @@ TEST_F(LayerTest, RejectsDataThatIsNotALayer) {
 
 // ---- the project's multi-layer test image, compared with umoci's unpack ----
 
-struct Node {
-  std::string type;
-  mode_t mode = 0;
-  uid_t uid = 0;
-  gid_t gid = 0;
-  nlink_t nlink = 0;
-  dev_t rdev = 0;
-  int64_t mtime = -1;
-  std::string content;  // file contents or symlink target
-  bool operator==(const Node&) const = default;
-};
-
-std::map<std::string, Node> snapshot(const fs::path& root) {
-  std::map<std::string, Node> out;
-  std::vector<fs::path> paths{root};
-  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it)
-    paths.push_back(it->path());
-  for (const fs::path& p : paths) {
-    struct stat st{};
-    EXPECT_EQ(::lstat(p.c_str(), &st), 0);
-    Node n;
-    n.mode = st.st_mode & 07777;
-    n.uid = st.st_uid;
-    n.gid = st.st_gid;
-    n.mtime = st.st_mtim.tv_sec;
-    if (S_ISDIR(st.st_mode)) {
-      n.type = "dir";
-    } else {
-      n.nlink = st.st_nlink;
-      if (S_ISREG(st.st_mode)) {
-        n.type = "file";
-        n.content = testing::slurp(p);
-      } else if (S_ISLNK(st.st_mode)) {
-        n.type = "symlink";
-        n.content = fs::read_symlink(p).string();
-      } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
-        n.type = S_ISCHR(st.st_mode) ? "chr" : "blk";
-        n.rdev = st.st_rdev;
-      } else if (S_ISFIFO(st.st_mode)) {
-        n.type = "fifo";
-      } else {
-        n.type = "other";
-      }
-    }
-    out[p.lexically_relative(root).string()] = n;
-  }
-  return out;
-}
-
-std::string describe(const Node& n) {
-  return n.type + " mode " + std::to_string(n.mode) + " " + std::to_string(n.uid) + ":" +
-         std::to_string(n.gid) + " nlink " + std::to_string(n.nlink) + " mtime " +
-         std::to_string(n.mtime) + " [" + n.content.substr(0, 40) + "]";
-}
-
 // Applies every layer of `tag` from the test images' OCI layout; returns the diff_ids seen.
 std::vector<Digest> apply_image(const fs::path& layout, const std::string& tag, const fs::path& root) {
   auto manifest = nlohmann::json::parse(testing::slurp(testing::layout_blob(layout, testing::layout_manifest(layout, tag))));
@@ -523,29 +468,20 @@ TEST_F(LayerTest, MultiLayerImageMatchesUmociUnpack) {
   fs::path bundle = base_ / "bundle";
   std::string cmd = "umoci unpack --image '" + layout.string() + ":multi' '" + bundle.string() + "' >/dev/null";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  auto want = snapshot(bundle / "rootfs");
+  auto want = testing::snapshot(bundle / "rootfs");
 
   for (const char* tag : {"multi", "multi-zstd", "multi-tar"}) {
     SCOPED_TRACE(tag);
     fs::remove_all(root_);
     fs::create_directory(root_);
     (void)apply_image(layout, tag, root_);
-    auto got = snapshot(root_);
-    for (const auto& [path, node] : want) {
-      auto it = got.find(path);
-      if (it == got.end()) {
-        ADD_FAILURE() << "missing " << path << " (" << describe(node) << ")";
-        continue;
-      }
-      EXPECT_EQ(it->second, node) << path << ": got " << describe(it->second) << ", umoci " << describe(node);
-    }
-    for (const auto& [path, node] : got)
-      if (!want.count(path)) ADD_FAILURE() << "extra " << path << " (" << describe(node) << ")";
+    auto got = testing::snapshot(root_);
+    for (const auto& d : testing::diff_trees(want, got)) ADD_FAILURE() << d;
     EXPECT_GT(got.size(), 250u);  // busybox applets and the rest: the image really was applied
   }
 
   // Spot checks of what the layers were built to exercise (tests/images/build).
-  auto got = snapshot(root_);
+  auto got = testing::snapshot(root_);
   EXPECT_FALSE(got.count("etc/motd"));                   // whiteout
   EXPECT_FALSE(got.count("opt/app/old1"));               // opaque directory
   EXPECT_FALSE(got.count("srv/shared/from-layer2"));     // opaque directory, marker after an entry

@@ -2,8 +2,12 @@
 // offline by tests/images/build and cached under ~/.cache/supermachine/test-images/.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <vector>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -65,6 +69,83 @@ inline std::string layout_manifest(const std::filesystem::path& layout, const st
       return m.at("digest").get<std::string>();
   }
   throw std::runtime_error("tag " + tag + " not in " + layout.string());
+}
+
+// A tree's shape for comparisons: type, mode, owner, link count, device, mtime, and the
+// contents of files and symlinks, keyed by path relative to the root ("." for the root).
+struct Node {
+  std::string type;
+  mode_t mode = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  nlink_t nlink = 0;  // non-directories only
+  dev_t rdev = 0;
+  int64_t mtime = -1;
+  std::string content;  // file contents or symlink target
+  bool operator==(const Node&) const = default;
+};
+
+inline std::map<std::string, Node> snapshot(const std::filesystem::path& root) {
+  namespace fs = std::filesystem;
+  std::map<std::string, Node> out;
+  std::vector<fs::path> paths{root};
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it)
+    paths.push_back(it->path());
+  for (const fs::path& p : paths) {
+    struct stat st{};
+    if (::lstat(p.c_str(), &st) != 0) throw std::runtime_error("cannot lstat " + p.string());
+    Node n;
+    n.mode = st.st_mode & 07777;
+    n.uid = st.st_uid;
+    n.gid = st.st_gid;
+    n.mtime = st.st_mtim.tv_sec;
+    if (S_ISDIR(st.st_mode)) {
+      n.type = "dir";
+    } else {
+      n.nlink = st.st_nlink;
+      if (S_ISREG(st.st_mode)) {
+        n.type = "file";
+        n.content = slurp(p);
+      } else if (S_ISLNK(st.st_mode)) {
+        n.type = "symlink";
+        n.content = fs::read_symlink(p).string();
+      } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+        n.type = S_ISCHR(st.st_mode) ? "chr" : "blk";
+        n.rdev = st.st_rdev;
+      } else if (S_ISFIFO(st.st_mode)) {
+        n.type = "fifo";
+      } else {
+        n.type = "other";
+      }
+    }
+    out[p.lexically_relative(root).string()] = n;
+  }
+  return out;
+}
+
+inline std::string describe(const Node& n) {
+  return n.type + " mode " + std::to_string(n.mode) + " " + std::to_string(n.uid) + ":" +
+         std::to_string(n.gid) + " nlink " + std::to_string(n.nlink) + " mtime " +
+         std::to_string(n.mtime) + " [" + n.content.substr(0, 40) + "]";
+}
+
+// Every difference between two snapshots, one line each (empty when they match).
+inline std::vector<std::string> diff_trees(const std::map<std::string, Node>& want,
+                                           std::map<std::string, Node> got, bool compare_nlink = true) {
+  std::vector<std::string> out;
+  for (const auto& [path, node] : want) {
+    auto it = got.find(path);
+    if (it == got.end()) {
+      out.push_back("missing " + path + " (" + describe(node) + ")");
+      continue;
+    }
+    Node g = it->second;
+    if (!compare_nlink) g.nlink = node.nlink;
+    if (!(g == node)) out.push_back(path + ": got " + describe(g) + ", want " + describe(node));
+    got.erase(it);
+  }
+  for (const auto& [path, node] : got) out.push_back("extra " + path + " (" + describe(node) + ")");
+  return out;
 }
 
 }  // namespace sm::oci::testing
