@@ -186,6 +186,9 @@ TEST_F(LayerTest, CreatesEveryEntryTypeWithItsMetadata) {
   Entry link = symlink("bin/sh", "busybox");
   link.uid = 5;
   link.mtime = 1000;
+  link.xattrs["trusted.sm-test"] = "on-a-symlink";
+  link.xattrs["user.not-allowed-on-symlinks"] = "dropped with a warning";
+  d.xattrs["user.dir"] = "yes";
 
   auto stats = apply({dir("./"), dir("etc"), f, dir("srv"), d, dir("tmp", 01777), dir("dev"), chr, blk,
                       dir("run"), fifo, dir("bin"), file("bin/busybox", "ELF", 0755), link,
@@ -210,6 +213,10 @@ TEST_F(LayerTest, CreatesEveryEntryTypeWithItsMetadata) {
   EXPECT_EQ(st.st_gid, 1000u);
   EXPECT_EQ(st.st_mtim.tv_sec, 1111111111) << "directory mtimes are set after their children";
   EXPECT_EQ(lstat_of(root_ / "tmp").st_mode & 07777, 01777u);
+  ASSERT_EQ(::lgetxattr((root_ / "srv/shared").c_str(), "user.dir", xv, sizeof xv), 3);
+  char sv[32] = {};
+  ASSERT_EQ(::lgetxattr((root_ / "bin/sh").c_str(), "trusted.sm-test", sv, sizeof sv), 12);
+  EXPECT_STREQ(sv, "on-a-symlink");
 
   st = lstat_of(root_ / "dev/null");
   EXPECT_TRUE(S_ISCHR(st.st_mode));
