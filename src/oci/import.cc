@@ -86,8 +86,7 @@ void take_entry(Store& store, Contents& c, const std::string& path, std::uint64_
     std::size_t total = 0;
     for (auto& [k, v] : c.json) total += v.size();
     if (total + size > kMaxJsonTotal) throw Error("the archive's JSON files are implausibly large");
-    c.blobs[path] = {store.put_blob_bytes(text), size};
-    c.json[path] = std::move(text);
+    c.json[path] = std::move(text);  // stored as a blob only if an image uses it (lookup)
     return;
   }
   Digest expected;
@@ -175,10 +174,11 @@ Contents read_dir(Store& store, const fs::path& dir) {
   return c;
 }
 
-const std::pair<Digest, std::uint64_t>& lookup(const Contents& c, std::string path, std::string_view what) {
+std::pair<Digest, std::uint64_t> lookup(Store& store, const Contents& c, std::string path, std::string_view what) {
   path = normalise(path);
   for (int hops = 0; hops < 16; ++hops) {
     if (auto b = c.blobs.find(path); b != c.blobs.end()) return b->second;
+    if (auto j = c.json.find(path); j != c.json.end()) return {store.put_blob_bytes(j->second), j->second.size()};
     auto l = c.links.find(path);
     if (l == c.links.end()) break;
     path = l->second;
@@ -232,7 +232,7 @@ std::vector<LoadedImage> load_docker(Store& store, const Contents& c, const Load
         !img["Layers"].is_array())
       throw Error(what + ": needs \"Config\" (string) and \"Layers\" (array)");
     std::string config_path = normalise(img["Config"].get<std::string>());
-    auto [config_digest, config_size] = lookup(c, config_path, "config");
+    auto [config_digest, config_size] = lookup(store, c, config_path, "config");
     if (config_size > kMaxConfigBytes) throw Error(what + ": config is too large");
     // The config file is named after its digest ("<hex>.json" or "blobs/sha256/<hex>").
     std::string stem = fs::path(config_path).filename().string();
@@ -242,7 +242,7 @@ std::vector<LoadedImage> load_docker(Store& store, const Contents& c, const Load
     json layers = json::array();
     for (auto& l : img["Layers"]) {
       if (!l.is_string()) throw Error(what + ": \"Layers\" entries must be strings");
-      auto [d, size] = lookup(c, l.get<std::string>(), "layer");
+      auto [d, size] = lookup(store, c, l.get<std::string>(), "layer");
       std::string_view mt = media::kDockerLayer;
       switch (sniff(store, d)) {
         case Compression::gzip: mt = media::kDockerLayerGzip; break;
