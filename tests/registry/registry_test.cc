@@ -367,6 +367,17 @@ TEST_F(RegistryPull, Cli) {
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("Total reclaimed space"), std::string::npos) << r.output;
 
+  // Two processes pulling the same image into one store at once both succeed.
+  sm::testing::RunResult both[2];
+  std::thread p1([&] { both[0] = sm({"pull", registry_->host() + "/test/single:v1"}); });
+  std::thread p2([&] { both[1] = sm({"pull", registry_->host() + "/test/single:v1"}); });
+  p1.join();
+  p2.join();
+  EXPECT_EQ(both[0].status, 0) << both[0].output;
+  EXPECT_EQ(both[1].status, 0) << both[1].output;
+  EXPECT_EQ(s.image(single_->top).manifest_digest, single_->manifests[0]);
+  for (auto& l : single_->layers[0]) EXPECT_TRUE(s.has_blob(l));
+
   // Offline and not cached: says so.
   auto dead = "127.0.0.1:" + std::to_string(sm::testing::free_loopback_port()) + "/test/single:v1";
   r = sm({"pull", dead});
