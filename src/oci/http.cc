@@ -52,6 +52,7 @@ std::size_t on_header(char* data, std::size_t size, std::size_t n, void* user) {
   std::string_view line(data, len);
   if (line.starts_with("HTTP/")) {  // a new response (redirect hop, 100-continue, ...)
     t->resp->headers.clear();
+    t->resp->body.clear();  // a redirect's own body is not the answer
     t->header_bytes = 0;
     auto sp = line.find(' ');
     t->hop_status = sp == std::string_view::npos ? 0 : std::atol(std::string(line.substr(sp + 1, 3)).c_str());

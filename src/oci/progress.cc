@@ -61,7 +61,7 @@ void TerminalProgress::blob_status(const Digest& d, std::string_view status) {
     redraw_locked(true);
   } else if (status == "done" || status == "cached" || status == "failed" || status.starts_with("retrying")) {
     std::string size = row.total ? " (" + human_size(row.total) + ")" : "";
-    std::fprintf(out_, "%s %s: %s%s\n", row.kind.c_str(), d.hex().substr(0, 12).c_str(), row.status.c_str(),
+    std::fprintf(out_, "%s %s: %s%s\n", d.hex().substr(0, 12).c_str(), row.kind.c_str(), row.status.c_str(),
                  status == "done" ? size.c_str() : "");
     std::fflush(out_);
   }

@@ -131,7 +131,8 @@ struct Registry::Impl {
   }
 
   // Reads the 401's challenge and obtains what it asks for.
-  void authenticate(HttpClient& http, const HttpResponse& r401, std::string_view what) {
+  // `sent_basic`: the refused request already carried the basic credentials.
+  void authenticate(HttpClient& http, const HttpResponse& r401, std::string_view what, bool sent_basic) {
     auto values = r401.headers_named("www-authenticate");
     const auto& c = credentials();
     if (values.empty()) auth_failed(r401, what, c.has_value());
@@ -184,8 +185,8 @@ struct Registry::Impl {
     }
     if (std::any_of(challenges.begin(), challenges.end(), [](auto& ch) { return ch.scheme == "basic"; })) {
       if (!c) auth_failed(r401, what, false);
+      if (sent_basic) auth_failed(r401, what, true);
       std::lock_guard lk(mu);
-      if (scheme == Scheme::basic) auth_failed(r401, what, true);  // we already sent them
       scheme = Scheme::basic;
       return;
     }
@@ -200,7 +201,7 @@ struct Registry::Impl {
       HttpResponse resp = http.perform(r);
       if (resp.status != 401) return resp;
       if (round == 1) auth_failed(resp, what, credentials().has_value());
-      authenticate(http, resp, what);
+      authenticate(http, resp, what, r.basic_auth.has_value());
     }
   }
 
@@ -391,7 +392,8 @@ std::uint64_t Registry::fetch_blob(Store& store, const Descriptor& d, std::strin
     if (progress) progress->blob_status(d.digest, "failed");
     throw;  // the partial stays: a later pull resumes it
   } catch (...) {
-    ing.discard();
+    // Another blob failed and cancelled this one: keep what arrived for the next pull.
+    if (!(cancel && cancel->load())) ing.discard();
     if (progress) progress->blob_status(d.digest, "failed");
     throw;
   }

@@ -37,7 +37,7 @@ TempDir::~TempDir() {
   fs::remove_all(path, ec);
 }
 
-std::string run_checked(const std::vector<std::string>& argv) {
+RunResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
   int pipefd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) throw sys_error("pipe");
   posix_spawn_file_actions_t fa;
@@ -48,28 +48,38 @@ std::string run_checked(const std::vector<std::string>& argv) {
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e; ++e) envp.push_back(*e);
+  for (auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   pid_t pid;
-  int rc = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  int rc = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   ::close(pipefd[1]);
   if (rc != 0) {
     ::close(pipefd[0]);
     throw sys_error("cannot run " + argv[0] + " (is it installed? scripts/setup installs it)", rc);
   }
-  std::string out;
+  RunResult r;
   char buf[4096];
   ssize_t n;
   while ((n = ::read(pipefd[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-    if (n > 0) out.append(buf, static_cast<std::size_t>(n));
+    if (n > 0) r.output.append(buf, static_cast<std::size_t>(n));
   ::close(pipefd[0]);
   int status = 0;
   ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string run_checked(const std::vector<std::string>& argv) {
+  RunResult r = run(argv);
+  if (r.status != 0) {
     std::string cmd;
     for (auto& a : argv) cmd += a + " ";
-    throw Error(fmt::format("`{}` failed (status {}): {}", cmd, status, out));
+    throw Error(fmt::format("`{}` failed (status {}): {}", cmd, r.status, r.output));
   }
-  return out;
+  return r.output;
 }
 
 namespace {
@@ -265,6 +275,8 @@ std::string gzip(const std::string& raw) {
   check(a, archive_write_set_format_raw(a));
   check(a, archive_write_add_filter_gzip(a));
   check(a, archive_write_set_filter_option(a, "gzip", "timestamp", nullptr));  // reproducible
+  // No block padding: zeros after the gzip member read as a corrupt second member.
+  check(a, archive_write_set_bytes_in_last_block(a, 1));
   check(a, archive_write_open(a, &sink, nullptr, ArchiveSink::write, nullptr));
   archive_entry* e = archive_entry_new();
   archive_entry_set_filetype(e, AE_IFREG);

@@ -29,6 +29,13 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
 };
 
+// Runs argv with `env` ("NAME=value") added to the environment; returns its exit status and
+// stdout+stderr together.
+struct RunResult {
+  int status = -1;  // exit code, or -1 when killed
+  std::string output;
+};
+RunResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 // Runs argv, throws sm::Error with its output when it fails. Returns stdout+stderr.
 std::string run_checked(const std::vector<std::string>& argv);
 

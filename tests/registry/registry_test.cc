@@ -321,6 +321,71 @@ TEST_F(RegistryPull, UnreachableRegistry) {
   EXPECT_EQ(offline.manifest_digest, r.manifest_digest);
 }
 
+TEST_F(RegistryPull, Cli) {
+  std::vector<std::string> env{"XDG_DATA_HOME=" + store_dir_.path.string()};
+  auto sm = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), SUPERMACHINE_BIN);
+    return sm::testing::run(args, env);
+  };
+  std::string name = registry_->host() + "/test/multi:v1";
+  auto r = sm({"pull", "--platform", "linux/arm64", name});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Digest: " + multi_->top.to_string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Status: Downloaded newer image for " + name), std::string::npos) << r.output;
+  Store s(store_dir_.path / "supermachine");
+  EXPECT_EQ(s.image(multi_->top, kArm64).manifest_digest, multi_->manifests[0]);
+  EXPECT_TRUE(s.has_blob(multi_->layers[0][1]));
+
+  r = sm({"pull", "-q", "--platform", "linux/arm64", name});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.output, name + "\n");  // quiet: just the reference, no progress
+
+  r = sm({"images"});
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.output.find("REPOSITORY"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(registry_->host() + "/test/multi"), std::string::npos) << r.output;
+
+  r = sm({"pull", "Bad:Ref"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.output.find("invalid reference format"), std::string::npos) << r.output;
+
+  r = sm({"rmi", name});
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Untagged: " + name), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Deleted: 5 blobs"), std::string::npos) << r.output;  // index, manifest, config, 2 layers
+  EXPECT_FALSE(s.has_blob(multi_->top));
+  r = sm({"rmi", name});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.output.find("no such image"), std::string::npos) << r.output;
+
+  r = sm({"load", "-i", single_->layout.string()});
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, "Loaded image: localhost/single:v1\n");
+  r = sm({"rmi", single_->manifests[0].hex().substr(0, 12)});  // by digest prefix
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = sm({"prune"});
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Total reclaimed space"), std::string::npos) << r.output;
+
+  // Two processes pulling the same image into one store at once both succeed.
+  sm::testing::RunResult both[2];
+  std::thread p1([&] { both[0] = sm({"pull", registry_->host() + "/test/single:v1"}); });
+  std::thread p2([&] { both[1] = sm({"pull", registry_->host() + "/test/single:v1"}); });
+  p1.join();
+  p2.join();
+  EXPECT_EQ(both[0].status, 0) << both[0].output;
+  EXPECT_EQ(both[1].status, 0) << both[1].output;
+  EXPECT_EQ(s.image(single_->top).manifest_digest, single_->manifests[0]);
+  for (auto& l : single_->layers[0]) EXPECT_TRUE(s.has_blob(l));
+
+  // Offline and not cached: says so.
+  auto dead = "127.0.0.1:" + std::to_string(sm::testing::free_loopback_port()) + "/test/single:v1";
+  r = sm({"pull", dead});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.output.find("is not in the local image store and the registry cannot be reached"), std::string::npos)
+      << r.output;
+}
+
 // ---- basic auth -----------------------------------------------------------------------------------
 
 class AuthRegistry : public ::testing::Test {
