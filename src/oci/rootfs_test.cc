@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "oci/import.h"
 #include "oci/layer.h"
 #include "oci/manifest.h"
 #include "oci/store.h"
@@ -166,6 +167,26 @@ TEST_F(RootfsTest, ZstdAndDockerMediaTypesGiveTheSameTree) {
   for (const Digest& md : {zst, docker}) {
     SCOPED_TRACE(md.str());
     Rootfs r = ensure_rootfs(*store_, md);
+    for (const auto& d : diff_erofs(want, r.image, base_ / md.hex())) ADD_FAILURE() << d;
+  }
+}
+
+TEST_F(RootfsTest, ImagesLoadedFromADockerArchiveAndAnOciLayoutBuild) {
+  auto want = reference_tree(import_oci(*store_, images_ / "oci", "multi"));
+  LoadOptions opts;
+  opts.tag = Reference::parse("localhost/sm-test/multi:archive");
+  auto archive = load_images(*store_, images_ / "docker-archive/multi.tar", opts);
+  ASSERT_EQ(archive.size(), 1u);
+  auto layout = load_images(*store_, images_ / "oci");
+  Digest from_layout;
+  for (const auto& l : layout)
+    for (const auto& r : l.refs)
+      if (r.tag() == "multi-zstd") from_layout = l.manifest_digest;
+  ASSERT_FALSE(from_layout.empty()) << "the layout's multi-zstd tag was not loaded";
+  for (const Digest& md : {archive[0].manifest_digest, from_layout}) {
+    SCOPED_TRACE(md.str());
+    Rootfs r = ensure_rootfs(*store_, md);
+    EXPECT_EQ(r.config.user, "1000:1000");
     for (const auto& d : diff_erofs(want, r.image, base_ / md.hex())) ADD_FAILURE() << d;
   }
 }
