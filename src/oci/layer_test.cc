@@ -262,6 +262,16 @@ TEST_F(LayerTest, GzipZstdAndPlainGiveTheSameTreeAndTheDiffIdOfTheTar) {
   }
 }
 
+TEST_F(LayerTest, EmptyLayersApply) {
+  // Docker's "empty layer" (ENV/LABEL steps): a gzip of an end-of-archive marker.
+  for (Comp c : {Comp::none, Comp::gzip, Comp::zstd}) {
+    auto stats = apply({}, c);
+    EXPECT_EQ(stats.entries, 0u);
+    EXPECT_EQ(stats.diff_id.str().size(), 71u);
+  }
+  EXPECT_TRUE(fs::is_empty(root_));
+}
+
 TEST_F(LayerTest, WhiteoutsDeleteLowerFilesAndDirectories) {
   (void)apply({dir("etc"), file("etc/motd", "hi"), file("etc/keep", "k"), dir("usr/share/doc"),
                file("usr/share/doc/README", "r"), dir("usr/share/doc/sub"), file("usr/share/doc/sub/x", "x")});
