@@ -2,7 +2,10 @@
 #include <memory>
 
 #include "cli/command.h"
+#include <unistd.h>
+
 #include "oci/registry.h"
+#include "oci/rootfs.h"
 #include "oci/store.h"
 
 namespace sm::cli {
@@ -13,6 +16,7 @@ struct PullArgs {
   std::string platform;
   std::vector<std::string> insecure;
   bool quiet = false;
+  bool no_rootfs = false;
 };
 
 int run_pull(const PullArgs& a) {
@@ -27,6 +31,16 @@ int run_pull(const PullArgs& a) {
     opts.progress = progress.get();
   }
   auto r = oci::pull(store, ref, opts);
+  // Unpack the layers into the read-only root filesystem image now, so the first run starts
+  // at once. It needs root (layers carry ownership and device nodes).
+  if (!a.no_rootfs) {
+    if (::geteuid() == 0) {
+      auto fs = oci::ensure_rootfs(store, r.manifest_digest);
+      if (!a.quiet) std::fprintf(stderr, "Root filesystem: %s\n", fs.image.c_str());
+    } else if (!a.quiet) {
+      std::fprintf(stderr, "Note: not root, so the root filesystem image is built on first run\n");
+    }
+  }
   if (!a.quiet) {
     std::fprintf(stderr, "Digest: %s\n", r.top.to_string().c_str());
     if (r.from_cache_offline)
@@ -52,6 +66,8 @@ CommandRegistration reg{{"pull", "Pull an image from a registry into the local i
                                           "Registry host[:port] to reach over plain HTTP (repeatable; loopback "
                                           "registries always are)");
                            sub.add_flag("-q,--quiet", a->quiet, "Print only the pulled reference");
+                           sub.add_flag("--no-rootfs", a->no_rootfs,
+                                        "Only download; build the root filesystem image on first run");
                            return [a] { return run_pull(*a); };
                          }}};
 

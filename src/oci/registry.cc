@@ -226,7 +226,10 @@ struct Registry::Impl {
       try {
         return fn();
       } catch (const HttpTransportError& e) {
-        if (!e.transient() || attempt >= opts.max_attempts)
+        // A host that refuses or cannot be resolved gets one retry, not the full budget:
+        // offline, the user should hear so at once.
+        unsigned limit = e.unreachable() ? std::min(opts.max_attempts, 2u) : opts.max_attempts;
+        if (!e.transient() || attempt >= limit)
           throw HttpTransportError(fmt::format("{}: {} failed{}: {}", where(), what,
                                                attempt > 1 ? fmt::format(" after {} attempts", attempt) : "",
                                                e.what()),

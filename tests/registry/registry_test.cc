@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "oci/http.h"
 #include "oci/registry.h"
+#include "oci/rootfs.h"
 #include "oci/store.h"
 #include "registry_fixture.h"
 
@@ -335,6 +336,11 @@ TEST_F(RegistryPull, Cli) {
   Store s(store_dir_.path / "supermachine");
   EXPECT_EQ(s.image(multi_->top, kArm64).manifest_digest, multi_->manifests[0]);
   EXPECT_TRUE(s.has_blob(multi_->layers[0][1]));
+  // pull also built the root filesystem image of the platform's manifest.
+  EXPECT_TRUE(std::filesystem::exists(rootfs_image_path(s, multi_->manifests[0])));
+  EXPECT_NE(r.output.find("Root filesystem: " + rootfs_image_path(s, multi_->manifests[0]).string()),
+            std::string::npos)
+      << r.output;
 
   r = sm({"pull", "-q", "--platform", "linux/arm64", name});
   EXPECT_EQ(r.status, 0);
