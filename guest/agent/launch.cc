@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -166,6 +167,11 @@ std::variant<pid_t, ErrorInfo> spawn(const SpawnSpec& spec) {
       if (::dup2(spec.stdin_fd, 0) < 0 || ::dup2(spec.stdout_fd, 1) < 0 || ::dup2(spec.stderr_fd, 2) < 0)
         child_fail(wfd, kStageStdio, errno);
     }
+
+    // Descriptors the agent itself inherited without close-on-exec (in --no-init mode, from
+    // whoever started it) must not reach the workload either.
+    if (::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC) != 0)
+      for (int fd = 3; fd < 4096; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
 
     for (const auto& [res, lim] : spec.rlimits)
       if (::setrlimit(res, &lim) != 0) child_fail(wfd, kStageRlimit, errno);

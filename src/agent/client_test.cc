@@ -244,6 +244,13 @@ TEST(AgentExec, EnvAndCwdTakeEffect) {
   EXPECT_EQ(r.out, "bar baz||agent-test\n" + fs::canonical(d.path()).string() + "\n");
 }
 
+TEST(AgentExec, WorkloadInheritsOnlyStdio) {
+  AgentProcess agent;
+  // The agent's sockets, pipes and whatever it inherited itself stay out of the workload.
+  auto r = agent.client().exec(cmd({"sh", "-c", "ls /proc/$$/fd"}));
+  EXPECT_EQ(r.out, "0\n1\n2\n");
+}
+
 TEST(AgentExec, DefaultPathWhenTheEnvHasNone) {
   AgentProcess agent;
   auto r = agent.client().exec(cmd({"sh", "-c", "echo $PATH"}));
