@@ -75,7 +75,7 @@ fs::path make_image(const fs::path& dir, const std::string& type) {
   fs::path tree = dir / "tree", img = dir / ("root." + type);
   make_busybox_tree(tree);
   if (type == "ext4") run("mke2fs -q -t ext4 -d " + tree.string() + " " + img.string() + " 32M");
-  else run("mkfs.erofs -q " + img.string() + " " + tree.string() + " >/dev/null");
+  else run("mkfs.erofs --quiet " + img.string() + " " + tree.string());
   return img;
 }
 
