@@ -1,0 +1,66 @@
+// A 16550A UART (the PC's COM1 at port 0x3f8, 8 registers), enough for Linux's 8250 driver to
+// probe it (scratch register, loopback, FIFO bits in IIR) and use it as the console.
+//
+// Output bytes go to a host sink; input bytes are queued from the host and raise the receive
+// interrupt when the guest enabled it. The transmitter is infinitely fast: THR is always empty,
+// so the "THR empty" interrupt fires whenever IER enables it and the guest writes a byte.
+// Register reference: include/uapi/linux/serial_reg.h and the TI/National PC16550D data sheet.
+// Called from vCPU threads and the host input path at once; one mutex guards the state, and
+// the sink and the interrupt are called outside it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+
+#include "vmm/bus.h"
+#include "vmm/interrupt.h"
+
+namespace sm::devices {
+
+class Serial : public IoHandler {
+ public:
+  using Sink = std::function<void(std::span<const std::byte>)>;
+  // The input FIFO the guest has not drained yet holds at most this many bytes; enqueue_input
+  // drops the excess (a 16550's FIFO is 16 bytes; we are generous so pasted input survives).
+  static constexpr size_t kMaxPendingInput = 64 * 1024;
+
+  // interrupt may be null (no IRQ wired, polling only); sink may be empty (output discarded).
+  Serial(std::shared_ptr<Interrupt> interrupt, Sink sink);
+
+  void read(uint64_t offset, std::span<std::byte> data) override;
+  void write(uint64_t offset, std::span<const std::byte> data) override;
+
+  // Host -> guest bytes. Returns how many were accepted (fewer when the queue is full).
+  size_t enqueue_input(std::span<const std::byte> bytes);
+  // True when the guest can take more input (for back-pressure on the host's stdin).
+  [[nodiscard]] bool input_space() const;
+
+ private:
+  uint8_t read_reg(uint64_t offset);
+  // irq: an interrupt condition arose; out: a byte for the host sink.
+  void write_reg(uint64_t offset, uint8_t value, bool& irq, std::optional<std::byte>& out);
+  uint8_t iir_locked() const;
+
+  std::shared_ptr<Interrupt> interrupt_;
+  Sink sink_;
+
+  mutable std::mutex mu_;
+  std::deque<std::byte> rx_;
+  uint8_t ier_ = 0;
+  uint8_t lcr_ = 0;
+  uint8_t mcr_ = 0;
+  uint8_t scr_ = 0;
+  uint8_t fcr_ = 0;
+  uint8_t dll_ = 0x0c;  // 9600 baud at 1.8432 MHz, what firmware leaves behind
+  uint8_t dlm_ = 0;
+  bool thr_interrupt_pending_ = false;  // THRE interrupt latched until IIR is read or THR written
+  bool lsr_overrun_ = false;
+};
+
+}  // namespace sm::devices
