@@ -1,0 +1,233 @@
+// The host <-> guest-agent control protocol (docs/agent-protocol.md): length-prefixed frames over
+// one stream (virtio-vsock in a VM, a Unix socket in tests). JSON payloads for control messages,
+// raw bytes for stdio and file data.
+//
+// This file is compiled into both the host library and the static guest agent (sm-agent), so it
+// depends only on the standard library and nlohmann-json (header-only). Both sides treat what
+// they receive as hostile: every size is capped, every field is type-checked, and anything
+// malformed raises ProtocolError, which ends that session (never the process).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+
+namespace sm::agent {
+
+// Version 1 is the only version so far. A client offers [min, max]; the agent picks the highest
+// version it also speaks, or answers ERROR unsupported_version.
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr std::string_view kProtocolName = "supermachine-agent";
+
+// The vsock port the agent listens on inside the VM.
+inline constexpr uint32_t kDefaultPort = 1024;
+
+// Frame = u32 little-endian payload length, u8 type, payload.
+inline constexpr size_t kFrameHeaderSize = 5;
+// Hard caps, enforced by the decoder before any payload is buffered.
+inline constexpr size_t kMaxFramePayload = 1 << 20;  // any frame
+inline constexpr size_t kMaxJsonPayload = 256 << 10;  // frames whose payload is JSON
+inline constexpr int kMaxJsonDepth = 8;               // nesting of [ and { in one message
+// What senders put in one data frame (receivers accept up to kMaxFramePayload).
+inline constexpr size_t kDataChunk = 64 << 10;
+
+enum class FrameType : uint8_t {
+  kHello = 1,       // JSON, both ways: version negotiation; the agent's reply means "ready"
+  kExec = 2,        // JSON, host -> agent: start a process (ExecRequest)
+  kStarted = 3,     // JSON, agent -> host: {"pid"}
+  kStdin = 4,       // raw, host -> agent
+  kStdinEof = 5,    // empty, host -> agent
+  kStdout = 6,      // raw, agent -> host
+  kStderr = 7,      // raw, agent -> host
+  kExit = 8,        // JSON, agent -> host: ExitStatus; ends the exec session
+  kSignal = 9,      // JSON, host -> agent: {"signal"[, "target": "main"]}
+  kResize = 10,     // JSON, host -> agent: {"rows", "cols"}
+  kWriteFile = 11,  // JSON, host -> agent: WriteFileRequest, then `size` bytes of kFileData
+  kReadFile = 12,   // JSON, host -> agent: ReadFileRequest
+  kFileData = 13,   // raw, both ways
+  kFileInfo = 14,   // JSON, agent -> host: {"size", "mode"} before a read file's data
+  kOk = 15,         // JSON, agent -> host: a request other than exec completed
+  kError = 16,      // JSON, agent -> host: ErrorInfo; ends the request (and on protocol errors,
+                    // the connection)
+  kPowerOff = 17,   // JSON, host -> agent: {"status"}: stop everything, power the VM off
+};
+
+[[nodiscard]] bool is_known_type(uint8_t type);
+[[nodiscard]] bool is_json_type(FrameType type);
+[[nodiscard]] std::string_view type_name(FrameType type);
+
+// Malformed or unexpected input from the peer. Derives from GuestError because on the host the
+// peer is the guest; inside the guest the agent catches it per connection.
+class ProtocolError : public GuestError {
+ public:
+  using GuestError::GuestError;
+};
+
+struct Frame {
+  FrameType type{};
+  std::string payload;
+};
+
+// Appends one encoded frame to `out`. Throws ProtocolError if the payload exceeds the caps.
+void encode_frame(std::string& out, FrameType type, std::string_view payload);
+[[nodiscard]] std::string encode_frame(FrameType type, std::string_view payload);
+
+// Incremental decoder: feed bytes as they arrive, take complete frames out. Rejects a frame as
+// soon as its header is seen if the type is unknown or the length is over the cap, so a hostile
+// peer cannot make it buffer more than one capped frame.
+class FrameDecoder {
+ public:
+  void feed(std::string_view bytes);
+  // The next complete frame, or nullopt when more bytes are needed. Throws ProtocolError.
+  [[nodiscard]] std::optional<Frame> next();
+  // Call at end of stream: throws ProtocolError if a partial frame is pending.
+  void finish() const;
+  [[nodiscard]] size_t buffered() const { return buf_.size() - pos_; }
+
+ private:
+  std::string buf_;
+  size_t pos_ = 0;
+};
+
+// ---- Messages ------------------------------------------------------------------------------
+
+struct HelloRequest {
+  uint32_t min_version = kProtocolVersion;
+  uint32_t max_version = kProtocolVersion;
+};
+
+struct HelloReply {
+  uint32_t version = kProtocolVersion;
+  std::string agent;      // "sm-agent 0.1.0"
+  bool init = false;      // running as PID 1 inside a VM (false: --no-init on a host)
+  std::string hostname;
+};
+
+struct TtySize {
+  uint16_t rows = 24;
+  uint16_t cols = 80;
+  bool operator==(const TtySize&) const = default;
+};
+
+// A resource limit applied to the process before exec. `resource` is the Docker --ulimit name
+// ("nofile", "nproc", "core", ...); nullopt = unlimited.
+struct Rlimit {
+  std::string resource;
+  std::optional<uint64_t> soft;
+  std::optional<uint64_t> hard;
+};
+
+struct ExecRequest {
+  std::vector<std::string> argv;  // argv[0] is looked up in the PATH of `env` when it has no '/'
+  std::vector<std::string> env;   // "KEY=VALUE"; the agent adds PATH, HOME, HOSTNAME (and TERM
+                                  // with a TTY) when absent, as Docker does
+  std::string cwd;                // empty: "/"
+  bool create_cwd = false;        // mkdir -p the cwd first (Docker does for an image WorkingDir)
+  std::string user;               // empty: root. "uid", "uid:gid", "name", "name:group"
+  std::optional<TtySize> tty;     // run on a pseudo-terminal (stdout and stderr merged)
+  std::chrono::milliseconds timeout{0};  // 0: none. On expiry: SIGKILL, exit reports timed_out
+  bool attach_stdin = false;      // the host streams stdin; otherwise stdin is /dev/null
+  bool main = false;              // the container's main process: its end powers the VM off
+  bool detach = false;            // main only: no stdio over the connection (output goes to
+                                  // the console); the session ends at STARTED
+  std::vector<Rlimit> rlimits;
+};
+
+struct Started {
+  int64_t pid = 0;
+};
+
+struct ExitStatus {
+  int code = 0;            // exit status, or 128 + signal when killed by a signal
+  int signal = 0;          // the terminating signal, 0 when the process exited
+  bool timed_out = false;  // the agent killed it because ExecRequest::timeout passed
+  bool operator==(const ExitStatus&) const = default;
+};
+
+struct SignalRequest {
+  int signal = 0;
+  bool main = false;  // outside an exec session: signal the main process
+};
+
+struct WriteFileRequest {
+  std::string path;        // absolute
+  uint32_t mode = 0644;
+  uint64_t size = 0;       // exactly this many bytes of kFileData follow
+  bool make_parents = false;
+  std::optional<uint32_t> uid, gid;
+};
+
+struct ReadFileRequest {
+  std::string path;                 // absolute
+  uint64_t max_size = 64ull << 20;  // larger files are refused (file_error)
+};
+
+struct FileInfo {
+  uint64_t size = 0;
+  uint32_t mode = 0;
+};
+
+struct PowerOffRequest {
+  int status = 0;
+};
+
+enum class ErrorCode {
+  kProtocol,              // malformed or unexpected frame; the agent closes the connection
+  kUnsupportedVersion,    // no common protocol version
+  kBadRequest,            // well-formed but invalid request (empty argv, relative path, ...)
+  kCommandNotFound,       // argv[0] not found (Docker exits 127)
+  kCommandNotExecutable,  // found but cannot be executed: permission, format (Docker: 126)
+  kExecFailed,            // could not set the process up: cwd, user, rlimits, tty (126)
+  kBusy,                  // a main process already exists / no main process to signal
+  kFileError,             // write_file / read_file failed (errno in the message)
+  kInternal,              // the agent failed on its own side
+};
+[[nodiscard]] std::string_view error_code_name(ErrorCode code);
+[[nodiscard]] std::optional<ErrorCode> error_code_from_name(std::string_view name);
+// The exit status a CLI should use for an exec that failed with `code` (Docker's conventions).
+[[nodiscard]] int exit_code_for(ErrorCode code);
+
+struct ErrorInfo {
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message;
+};
+
+// Encoders produce a JSON payload; decoders validate everything and throw ProtocolError.
+[[nodiscard]] std::string encode(const HelloRequest& m);
+[[nodiscard]] std::string encode(const HelloReply& m);
+[[nodiscard]] std::string encode(const ExecRequest& m);
+[[nodiscard]] std::string encode(const Started& m);
+[[nodiscard]] std::string encode(const ExitStatus& m);
+[[nodiscard]] std::string encode(const SignalRequest& m);
+[[nodiscard]] std::string encode(const TtySize& m);
+[[nodiscard]] std::string encode(const WriteFileRequest& m);
+[[nodiscard]] std::string encode(const ReadFileRequest& m);
+[[nodiscard]] std::string encode(const FileInfo& m);
+[[nodiscard]] std::string encode(const PowerOffRequest& m);
+[[nodiscard]] std::string encode(const ErrorInfo& m);
+[[nodiscard]] std::string encode_ok();
+
+template <typename T>
+[[nodiscard]] T decode(std::string_view payload);
+template <> HelloRequest decode<HelloRequest>(std::string_view);
+template <> HelloReply decode<HelloReply>(std::string_view);
+template <> ExecRequest decode<ExecRequest>(std::string_view);
+template <> Started decode<Started>(std::string_view);
+template <> ExitStatus decode<ExitStatus>(std::string_view);
+template <> SignalRequest decode<SignalRequest>(std::string_view);
+template <> TtySize decode<TtySize>(std::string_view);
+template <> WriteFileRequest decode<WriteFileRequest>(std::string_view);
+template <> ReadFileRequest decode<ReadFileRequest>(std::string_view);
+template <> FileInfo decode<FileInfo>(std::string_view);
+template <> PowerOffRequest decode<PowerOffRequest>(std::string_view);
+template <> ErrorInfo decode<ErrorInfo>(std::string_view);
+// Validates that an OK payload is a JSON object (its fields are informational).
+void decode_ok(std::string_view payload);
+
+}  // namespace sm::agent
