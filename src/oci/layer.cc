@@ -85,6 +85,29 @@ Components split_entry_name(std::string_view name, const LayerLimits& limits) {
   return out;
 }
 
+// An open directory and the names in it (without . and ..), read before the caller changes
+// anything in it. Takes ownership of `fd`, an O_DIRECTORY descriptor.
+struct DirListing {
+  std::unique_ptr<DIR, int (*)(DIR*)> dir{nullptr, ::closedir};
+  std::vector<std::string> children;
+  [[nodiscard]] int fd() const { return ::dirfd(dir.get()); }
+};
+
+DirListing list_dir(int fd) {
+  DirListing l;
+  l.dir.reset(::fdopendir(fd));
+  if (!l.dir) {
+    int err = errno;
+    ::close(fd);
+    refuse_errno("fdopendir", err);
+  }
+  while (dirent* de = ::readdir(l.dir.get())) {
+    std::string_view n = de->d_name;
+    if (n != "." && n != "..") l.children.emplace_back(n);
+  }
+  return l;
+}
+
 // Removes `name` in `dirfd` and, for a directory, everything below it, without following
 // symlinks. Depth is bounded because Resolver refuses to create directories deeper than
 // max_path_depth. ENOENT is not an error.
@@ -97,18 +120,8 @@ void remove_all_at(int dirfd, const std::string& name) {
   if (S_ISDIR(st.st_mode)) {
     int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) refuse_errno(fmt::format("cannot open directory \"{}\" to remove it", name));
-    std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(fd), ::closedir);
-    if (!dir) {
-      int err = errno;
-      ::close(fd);
-      refuse_errno("fdopendir", err);
-    }
-    std::vector<std::string> children;
-    while (dirent* de = ::readdir(dir.get())) {
-      std::string_view n = de->d_name;
-      if (n != "." && n != "..") children.emplace_back(n);
-    }
-    for (const auto& child : children) remove_all_at(::dirfd(dir.get()), child);
+    DirListing dir = list_dir(fd);
+    for (const auto& child : dir.children) remove_all_at(dir.fd(), child);
     if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
       refuse_errno(fmt::format("cannot remove directory \"{}\"", name));
   } else if (::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT) {
@@ -371,27 +384,17 @@ class Applier {
   void hide_lower_contents(int dir_fd, const std::string& path) {
     int fd = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) refuse_errno(fmt::format("cannot open directory \"{}\"", path));
-    std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(fd), ::closedir);
-    if (!dir) {
-      int err = errno;
-      ::close(fd);
-      refuse_errno("fdopendir", err);
-    }
-    std::vector<std::string> children;
-    while (dirent* de = ::readdir(dir.get())) {
-      std::string_view n = de->d_name;
-      if (n != "." && n != "..") children.emplace_back(n);
-    }
-    for (const auto& child : children) {
+    DirListing dir = list_dir(fd);
+    for (const auto& child : dir.children) {
       std::string child_path = path.empty() ? child : path + "/" + child;
       if (!from_this_layer(child_path)) {
-        remove_all_at(::dirfd(dir.get()), child);
+        remove_all_at(dir.fd(), child);
         continue;
       }
       struct stat st{};
-      if (::fstatat(::dirfd(dir.get()), child.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      if (::fstatat(dir.fd(), child.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
           S_ISDIR(st.st_mode)) {
-        UniqueFd sub(::openat(::dirfd(dir.get()), child.c_str(),
+        UniqueFd sub(::openat(dir.fd(), child.c_str(),
                               O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (!sub) refuse_errno(fmt::format("cannot open \"{}\"", child_path));
         hide_lower_contents(sub.get(), child_path);
