@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -541,10 +542,14 @@ ReadyListener::~ReadyListener() {
   ::unlink(path_.c_str());
 }
 
-HelloReply ReadyListener::wait(Clock::time_point deadline) {
+HelloReply ReadyListener::wait(Clock::time_point deadline, const std::function<bool()>& give_up) {
   for (;;) {
-    if (!wait_fd(listener_.get(), POLLIN, deadline))
+    auto slice = give_up ? std::min(deadline, Clock::now() + std::chrono::milliseconds(50)) : deadline;
+    if (!wait_fd(listener_.get(), POLLIN, slice)) {
+      if (give_up && give_up()) throw Error("the VM ended before its guest agent reported ready");
+      if (Clock::now() < deadline) continue;
       throw Error("the guest agent did not report ready in time (nothing connected to " + path_.string() + ")");
+    }
     int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) continue;

@@ -146,8 +146,9 @@ class ReadyListener {
   ReadyListener& operator=(const ReadyListener&) = delete;
 
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-  // Waits for the agent's HELLO; throws sm::Error when `deadline` passes first.
-  HelloReply wait(std::chrono::steady_clock::time_point deadline);
+  // Waits for the agent's HELLO; throws sm::Error when `deadline` passes first, or when
+  // `give_up` (polled every 50 ms, e.g. "has the VM ended?") returns true.
+  HelloReply wait(std::chrono::steady_clock::time_point deadline, const std::function<bool()>& give_up = {});
 
  private:
   std::filesystem::path path_;

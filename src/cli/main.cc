@@ -12,6 +12,38 @@ std::vector<Command>& commands() {
   static std::vector<Command> all;
   return all;
 }
+
+std::vector<std::string> split_command_args(const CLI::App& sub, std::vector<std::string> args, size_t first,
+                                            int positionals) {
+  auto takes_value = [&](const std::string& name) {
+    const CLI::Option* opt = sub.get_option_no_throw(name);
+    return opt != nullptr && opt->get_type_size_max() > 0;
+  };
+  int seen = 0;
+  for (size_t i = first; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") return args;
+    if (a.size() > 1 && a[0] == '-') {
+      if (a.starts_with("--")) {
+        if (a.find('=') == std::string::npos && takes_value(a)) ++i;
+      } else {
+        // Short options, possibly bundled ("-it", "-eK=V", "-e", "K=V").
+        for (size_t c = 1; c < a.size(); ++c) {
+          if (takes_value(std::string("-") + a[c])) {
+            if (c + 1 == a.size()) ++i;
+            break;
+          }
+        }
+      }
+      continue;
+    }
+    if (++seen == positionals) {
+      args.insert(args.begin() + static_cast<std::ptrdiff_t>(i) + 1, "--");
+      return args;
+    }
+  }
+  return args;
+}
 }  // namespace sm::cli
 
 int main(int argc, char** argv) {
@@ -30,8 +62,18 @@ int main(int argc, char** argv) {
     actions.emplace_back(sub, c.setup(*sub));
   }
 
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].starts_with("-")) continue;  // global flags before the subcommand
+    for (size_t k = 0; k < cmds.size(); ++k)
+      if (cmds[k].name == args[i] && cmds[k].command_after_positionals > 0)
+        args = split_command_args(*actions[k].first, std::move(args), i + 1, cmds[k].command_after_positionals);
+    break;
+  }
+
   try {
-    app.parse(argc, argv);
+    std::reverse(args.begin(), args.end());
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     // Bad usage is the runtime's own failure, as in Docker; --help and --version are not.
@@ -44,6 +86,8 @@ int main(int argc, char** argv) {
     if (!sub->parsed()) continue;
     try {
       return action();
+    } catch (const ExitWith& e) {
+      return e.code;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "supermachine %s: error: %s\n", sub->get_name().c_str(), e.what());
       return kExitRuntimeError;

@@ -377,6 +377,11 @@ std::string Machine::stop_reason() const {
   return reason_;
 }
 
+std::optional<int> Machine::status() const {
+  std::lock_guard lock(stop_mu_);
+  return status_;
+}
+
 int Machine::wait() {
   if (!started_) throw Error("machine not started");
   {

@@ -68,6 +68,9 @@ class Machine {
   [[nodiscard]] const std::string& cmdline() const { return cmdline_; }
   // Why the VM ended, in words ("guest reset", "guest exit status 3", ...); empty while running.
   [[nodiscard]] std::string stop_reason() const;
+  // The status once the VM is ending (stop() was called, by the guest or the host); nullopt
+  // while it runs. Non-blocking.
+  [[nodiscard]] std::optional<int> status() const;
 
  private:
   void setup_devices();

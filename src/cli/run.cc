@@ -1,0 +1,290 @@
+// supermachine run [OPTIONS] IMAGE [COMMAND [ARG...]]: Docker's `run`, each container in its own
+// microVM. The VM runs inside this process (or, with -d, inside a background process forked
+// from it), which supervises it: it streams the main process's stdio, forwards signals, records
+// the exit status for `ps`, and removes everything with --rm.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/attach.h"
+#include "cli/command.h"
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "oci/progress.h"
+#include "runtime/container.h"
+#include "runtime/image.h"
+#include "runtime/options.h"
+#include "runtime/state.h"
+
+namespace sm::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+struct RunArgs {
+  std::string image;
+  std::vector<std::string> command;
+  bool rm = false;
+  bool detach = false;
+  bool interactive = false;
+  bool tty = false;
+  std::vector<std::string> env;
+  std::vector<std::string> env_files;
+  std::string workdir;
+  bool workdir_set = false;
+  std::string user;
+  bool user_set = false;
+  std::string entrypoint;
+  bool entrypoint_set = false;
+  std::string cpus = "1";
+  std::string memory;
+  std::string disk_size;
+  std::string name;
+  std::string hostname;
+  std::string pull = "missing";
+  bool quiet = false;
+};
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Tells the foreground `run -d` how the detached supervisor's start went: "ok\n", or
+// "<exit code> <message>".
+class StartReport {
+ public:
+  explicit StartReport(int fd) : fd_(fd) {}
+  void ok() { send("ok\n"); }
+  void failed(int code, const std::string& msg) { send(std::to_string(code) + " " + msg); }
+
+ private:
+  void send(const std::string& s) {
+    if (fd_ < 0) return;
+    write_all(fd_, s);
+    ::close(fd_);
+    fd_ = -1;
+  }
+  int fd_;
+};
+
+// Runs the container to its end in this process; returns the exit code `run` exits with.
+int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry& reg, runtime::VmRecord rec,
+              StartReport& report) {
+  SignalForwarder signals;  // before the VM's threads exist, so they inherit the blocked mask
+  spec.cancel_boot = [&signals] { return signals.interrupted(); };
+  auto finish = [&](int code) {
+    rec.exit_code = code;
+    rec.finished = unix_now();
+    try {
+      if (rec.auto_remove) reg.remove(rec);
+      else reg.save(rec);
+    } catch (const std::exception& e) {
+      spdlog::warn("recording the end of VM {}: {}", rec.short_id(), e.what());
+    }
+    return code;
+  };
+  auto fail = [&](int code, const std::string& msg) {
+    report.failed(code, msg);
+    if (!a.detach) std::fprintf(stderr, "supermachine run: error: %s\n", msg.c_str());
+    return finish(code);
+  };
+
+  agent::ExecRequest req;
+  std::unique_ptr<runtime::ContainerVm> vm;
+  try {
+    req = runtime::main_request(spec);
+    rec.env = req.env;
+    rec.user = req.user;
+    rec.working_dir = req.cwd;
+    reg.save(rec);
+    vm = std::make_unique<runtime::ContainerVm>(spec, reg.dir(rec));
+  } catch (const Error& e) {
+    if (int sig = signals.first_signal()) return finish(128 + sig);
+    return fail(kExitRuntimeError, e.what());
+  }
+
+  req.attach_stdin = a.interactive && !a.detach;
+  if (a.tty) req.tty = terminal_size();
+  std::optional<agent::ExecSession> session;
+  try {
+    session.emplace(vm->client().start(req));
+  } catch (const agent::ExecError& e) {
+    vm->power_off(e.exit_code());
+    return fail(e.exit_code(), e.what());
+  } catch (const Error& e) {
+    vm->power_off(kExitRuntimeError);
+    return fail(kExitRuntimeError, e.what());
+  }
+  report.ok();
+
+  runtime::OutputLogWriter log(reg.dir(rec) / "output.log");
+  AttachOptions io;
+  io.interactive = req.attach_stdin;
+  io.tty = a.tty;
+  io.terminal_output = !a.detach;
+  io.log = &log;
+  std::optional<int> code;
+  try {
+    code = attach(*session, signals, io).code;
+  } catch (const Error& e) {
+    // The connection broke: the VM went down under the process (stop, kill -9, a guest crash).
+    spdlog::debug("main process stream ended: {}", e.what());
+  }
+  // The agent powers the VM off once the main process has ended; give it a moment.
+  for (auto deadline = std::chrono::steady_clock::now() + 10s;
+       !vm->status() && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(10ms);
+  if (!vm->status()) vm->stop(code.value_or(kExitRuntimeError));
+  int vm_status = vm->wait();
+  if (!code) {
+    code = vm_status;
+    if (!a.detach && vm_status == 0)
+      std::fprintf(stderr, "supermachine run: the VM ended before its main process reported an exit status\n");
+  }
+  vm.reset();
+  return finish(*code);
+}
+
+int run_container(const RunArgs& a) {
+  if (a.detach && a.rm && a.interactive) spdlog::debug("-i has no effect with -d");
+  if (a.tty && a.interactive && !::isatty(STDIN_FILENO))
+    throw Error("the input device is not a TTY: -t with -i needs a terminal on stdin (drop -t to pipe input)");
+
+  runtime::ContainerSpec spec;
+  spec.cpus = runtime::parse_cpus(a.cpus);
+  if (!a.memory.empty()) spec.memory_mib = runtime::parse_size_mib(a.memory);
+  if (!a.disk_size.empty()) spec.disk_size_mib = runtime::parse_size_mib(a.disk_size);
+  for (const auto& f : a.env_files)
+    for (auto& kv : runtime::read_env_file(f)) spec.env.push_back(std::move(kv));
+  for (auto& kv : runtime::resolve_env_args(a.env)) spec.env.push_back(std::move(kv));
+  if (a.workdir_set) {
+    if (!a.workdir.starts_with("/")) throw Error(fmt::format("the working directory '{}' is not absolute", a.workdir));
+    spec.working_dir = a.workdir;
+  }
+  if (a.user_set) spec.user = a.user;
+  if (a.entrypoint_set) spec.entrypoint = a.entrypoint.empty() ? std::vector<std::string>{} : std::vector{a.entrypoint};
+  spec.cmd = a.command;
+
+  runtime::ResolveOptions ro;
+  ro.pull = runtime::parse_pull_policy(a.pull);
+  std::unique_ptr<oci::TerminalProgress> progress;
+  if (!a.quiet) {
+    progress = oci::TerminalProgress::for_stderr();
+    ro.pull_options.progress = progress.get();
+  }
+  runtime::ResolvedImage img = runtime::resolve_image(a.image, ro);
+  progress.reset();
+  spec.rootfs = img.rootfs;
+  spec.image = img.config;
+  // Fail on a missing command before anything is created.
+  (void)runtime::main_request(spec);
+
+  runtime::VmRegistry reg;
+  runtime::VmRecord rec = reg.create(a.name, a.image, runtime::main_request(spec).argv, a.rm);
+  spec.hostname = a.hostname.empty() ? rec.short_id() : a.hostname;
+
+  if (!a.detach) {
+    StartReport none(-1);
+    return supervise(a, std::move(spec), reg, rec, none);
+  }
+
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) throw sys_error("pipe");
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) throw sys_error("fork");
+  if (pid == 0) {
+    // The supervisor: its own session, no terminal, its diagnostics in the VM's directory.
+    ::close(pipefd[0]);
+    ::setsid();
+    int null = ::open("/dev/null", O_RDWR);
+    int logfd = ::open((reg.dir(rec) / "supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    ::dup2(null, STDIN_FILENO);
+    ::dup2(logfd >= 0 ? logfd : null, STDOUT_FILENO);
+    ::dup2(logfd >= 0 ? logfd : null, STDERR_FILENO);
+    if (null > 2) ::close(null);
+    if (logfd > 2) ::close(logfd);
+    rec.pid = ::getpid();
+    rec.pid_start = runtime::process_start_time(rec.pid);
+    StartReport report(pipefd[1]);
+    int code = kExitRuntimeError;
+    try {
+      reg.save(rec);
+      code = supervise(a, std::move(spec), reg, rec, report);
+    } catch (const std::exception& e) {
+      report.failed(kExitRuntimeError, e.what());
+      std::fprintf(stderr, "supervisor: %s\n", e.what());
+    }
+    std::fflush(nullptr);
+    ::_exit(code & 0xff);
+  }
+  ::close(pipefd[1]);
+  UniqueFd rd(pipefd[0]);
+  std::string msg;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(rd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    msg.append(buf, static_cast<size_t>(n));
+  }
+  if (msg == "ok\n") {
+    std::printf("%s\n", rec.id.c_str());
+    return 0;
+  }
+  if (msg.empty()) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    throw Error("the VM's supervisor process ended before the VM started; see " +
+                (reg.dir(rec) / "supervisor.log").string());
+  }
+  auto sp = msg.find(' ');
+  int code = std::atoi(msg.substr(0, sp).c_str());
+  std::fprintf(stderr, "supermachine run: error: %s\n", sp == std::string::npos ? msg.c_str() : msg.c_str() + sp + 1);
+  return code > 0 ? code : kExitRuntimeError;
+}
+
+const CommandRegistration kRun{{
+    "run",
+    "Run a command in a new container, in its own microVM",
+    [](CLI::App& sub) -> Action {
+      auto a = std::make_shared<RunArgs>();
+      sub.set_help_flag("--help", "Print this help message and exit");  // -h is --hostname, as in Docker
+      sub.add_option("image", a->image, "Image reference (pulled when not stored)")->required();
+      sub.add_option("command", a->command, "Command and arguments (default: the image's Entrypoint + Cmd)");
+      sub.add_flag("--rm", a->rm, "Remove the VM and its files when it ends");
+      sub.add_flag("-d,--detach", a->detach, "Run in the background and print the VM id");
+      sub.add_flag("-i,--interactive", a->interactive, "Stream stdin to the main process");
+      sub.add_flag("-t,--tty", a->tty, "Run the main process on a pseudo-terminal");
+      sub.add_option("-e,--env", a->env, "Set an environment variable (NAME=value, or NAME from this shell)");
+      sub.add_option("--env-file", a->env_files, "Read environment variables from a file");
+      sub.add_option("-w,--workdir", a->workdir, "Working directory inside the container")
+          ->each([a](const std::string&) { a->workdir_set = true; });
+      sub.add_option("-u,--user", a->user, "User: name, uid, name:group or uid:gid")
+          ->each([a](const std::string&) { a->user_set = true; });
+      sub.add_option("--entrypoint", a->entrypoint, "Override the image's Entrypoint (\"\" clears it)")
+          ->each([a](const std::string&) { a->entrypoint_set = true; });
+      sub.add_option("--cpus", a->cpus, "Number of vCPUs (fractions round up)")->capture_default_str();
+      sub.add_option("-m,--memory", a->memory, "Guest memory, e.g. 512m or 2g (default 512m)");
+      sub.add_option("--disk-size", a->disk_size,
+                     "Give the writable layer a scratch disk this large (default: a tmpfs in guest memory)");
+      sub.add_option("--name", a->name, "Name the VM (default: a generated one)");
+      sub.add_option("-h,--hostname", a->hostname, "Guest hostname (default: the short VM id)");
+      sub.add_option("--pull", a->pull, "Pull the image: missing, always or never")->capture_default_str();
+      sub.add_flag("-q,--quiet", a->quiet, "Do not show pull progress");
+      return [a] { return run_container(*a); };
+    },
+    /*command_after_positionals=*/1,
+}};
+
+}  // namespace
+}  // namespace sm::cli

@@ -1,0 +1,97 @@
+// One container VM, run in this process: the image's read-only root filesystem, the agent
+// initramfs and the project kernel assembled into a Machine, booted until the guest agent
+// reports ready. The CLI's `run` and the public sm::Vm are both built on it.
+//
+// Files live in a directory the caller owns: the vsock sockets (vm.vsock, vm.vsock_1025), the
+// guest console (console.log) and the optional scratch disk (scratch.ext4). The destructor
+// powers the VM off, joins its threads and removes the sockets and the scratch disk.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/client.h"
+#include "agent/protocol.h"
+#include "oci/image_config.h"
+
+namespace sm::vmm {
+class Machine;
+}
+
+namespace sm::runtime {
+
+inline constexpr uint64_t kDefaultMemoryMib = 512;
+
+struct ContainerSpec {
+  std::filesystem::path rootfs;  // the read-only root filesystem image (EROFS or ext4)
+  oci::RunConfig image;          // the image's defaults
+
+  // Docker's `run` overrides.
+  std::optional<std::vector<std::string>> entrypoint;  // --entrypoint (an empty vector clears it)
+  std::vector<std::string> cmd;                        // CMD...: replaces the image's Cmd when set
+  std::vector<std::string> env;                        // "K=V", over the image's Env
+  std::optional<std::string> working_dir;              // -w
+  std::optional<std::string> user;                     // -u
+  std::vector<agent::Rlimit> rlimits;
+
+  std::string hostname = "supermachine";
+  unsigned cpus = 1;
+  uint64_t memory_mib = kDefaultMemoryMib;
+  // 0: the writable layer is a tmpfs in guest memory; otherwise an ext4 scratch disk this large.
+  uint64_t disk_size_mib = 0;
+  std::chrono::seconds boot_timeout{120};
+  // Polled while booting: returning true gives up (e.g. Ctrl-C during boot).
+  std::function<bool()> cancel_boot;
+};
+
+// The main process as Docker would run it: Entrypoint + Cmd (an --entrypoint override drops the
+// image's Cmd), the image's Env with the overrides on top (same name: the override wins), the
+// working directory (created when missing) and user. Throws sm::Error when there is no command.
+[[nodiscard]] agent::ExecRequest main_request(const ContainerSpec& spec);
+
+// "K=V" entries of `over` replace same-named entries of `base`, in place; new names append.
+[[nodiscard]] std::vector<std::string> merge_env(std::vector<std::string> base, const std::vector<std::string>& over);
+
+class ContainerVm {
+ public:
+  // Boots and waits for the agent. Throws sm::Error, with the end of the guest console, when
+  // the VM cannot be built, ends while booting, or the agent is not ready in boot_timeout.
+  ContainerVm(const ContainerSpec& spec, std::filesystem::path dir);
+  ~ContainerVm();
+  ContainerVm(const ContainerVm&) = delete;
+  ContainerVm& operator=(const ContainerVm&) = delete;
+
+  [[nodiscard]] agent::Client client(agent::ClientOptions options = {}) const;
+  [[nodiscard]] const std::filesystem::path& vsock() const { return vsock_; }
+  [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
+  [[nodiscard]] const agent::HelloReply& hello() const { return hello_; }
+
+  // Blocks until the VM has ended (its main process ended, or stop()); returns its status.
+  int wait();
+  // Ends the VM now with `status`, without asking the guest. Non-blocking.
+  void stop(int status);
+  // Asks the agent to stop everything and power off with `status`; falls back to stop() when
+  // the agent cannot be reached. Then waits; returns the VM's status.
+  int power_off(int status);
+  // The VM's status once it is ending; nullopt while it runs.
+  [[nodiscard]] std::optional<int> status() const;
+  // The last `max_bytes` of the guest console, for error messages.
+  [[nodiscard]] std::string console_tail(size_t max_bytes = 2000) const;
+
+ private:
+  std::filesystem::path dir_;
+  std::filesystem::path vsock_;
+  std::filesystem::path console_path_;
+  std::optional<std::filesystem::path> scratch_;
+  std::unique_ptr<vmm::Machine> machine_;
+  agent::HelloReply hello_;
+  std::optional<int> final_status_;
+};
+
+}  // namespace sm::runtime
