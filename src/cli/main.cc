@@ -17,7 +17,7 @@ std::vector<std::string> split_command_args(const CLI::App& sub, std::vector<std
                                             int positionals) {
   auto takes_value = [&](const std::string& name) {
     const CLI::Option* opt = sub.get_option_no_throw(name);
-    return opt != nullptr && opt->get_type_size_max() > 0;
+    return opt != nullptr && opt->get_expected_min() > 0;  // flags expect 0 values
   };
   int seen = 0;
   for (size_t i = first; i < args.size(); ++i) {
@@ -60,6 +60,10 @@ int main(int argc, char** argv) {
   for (auto& c : cmds) {
     CLI::App* sub = app.add_subcommand(c.name, c.description);
     actions.emplace_back(sub, c.setup(*sub));
+    // One value per occurrence, as in Docker (`-e A=1 -e B=2`): a repeatable option must not
+    // swallow the positional arguments after it (`run -e A=1 IMAGE`).
+    for (CLI::Option* opt : sub->get_options([](const CLI::Option* o) { return !o->get_positional(); }))
+      opt->allow_extra_args(false);
   }
 
   std::vector<std::string> args(argv + 1, argv + argc);
