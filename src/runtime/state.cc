@@ -164,7 +164,8 @@ VmRecord VmRegistry::create(std::string name, std::string image, std::vector<std
                                 name, r.short_id(), name));
   }
   VmRecord r;
-  r.id = random_hex(32);
+  do r.id = random_hex(32);  // a new directory key too (it is the id's prefix)
+  while (fs::exists(dir(r)));
   r.name = std::move(name);
   r.image = std::move(image);
   r.command = std::move(command);

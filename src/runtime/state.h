@@ -2,10 +2,14 @@
 // shell find a VM that `run` started. Layout under runtime_root():
 //
 //   lock                  flock, held while a VM is created (names are unique) or removed
-//   vms/<id>/state.json   the record below, rewritten atomically (rename)
-//   vms/<id>/vm.vsock     the agent's control socket (while the VM runs)
-//   vms/<id>/output.log   the main process's stdout/stderr (runtime/output_log.h)
-//   vms/<id>/console.log  the guest console
+//   vms/<key>/state.json   the record below, rewritten atomically (rename)
+//   vms/<key>/vm.vsock     the agent's control socket (while the VM runs)
+//   vms/<key>/output.log   the main process's stdout/stderr (runtime/output_log.h)
+//   vms/<key>/console.log  the guest console
+//
+// <key> is the first 16 hex digits of the id, not all 64: the VM's Unix sockets live in that
+// directory, and a socket path must fit in sun_path (108 bytes) under a runtime root such as
+// /run/user/1000/supermachine. create() never reuses a key.
 //
 // A VM runs inside the process that started it (its supervisor: the `run` process itself, or
 // the background process `run -d` forks). A record is running while that process lives; one
@@ -57,7 +61,8 @@ class VmRegistry {
   explicit VmRegistry(std::filesystem::path root = runtime_root());
 
   [[nodiscard]] const std::filesystem::path& root() const { return root_; }
-  [[nodiscard]] std::filesystem::path dir(const VmRecord& r) const { return root_ / "vms" / r.id; }
+  [[nodiscard]] std::filesystem::path dir(const VmRecord& r) const { return root_ / "vms" / r.id.substr(0, kDirKeyLength); }
+  static constexpr size_t kDirKeyLength = 16;
 
   // Allocates an id and a directory. An empty name gets a generated one; a name in use, or
   // one that is not [a-zA-Z0-9][a-zA-Z0-9_.-]*, is refused with sm::Error.

@@ -54,6 +54,15 @@ TEST_F(RegistryTest, CreateFindSaveRemove) {
   EXPECT_EQ(reg.list().size(), 1u);
 }
 
+// The VM's sockets (vm.vsock, vm.vsock_1025) are bound in its directory: under a typical
+// runtime root their paths must fit in sun_path (108 bytes, NUL included).
+TEST(RegistryLayout, SocketPathsFitInSunPath) {
+  VmRegistry reg("/run/user/1000000/supermachine");
+  VmRecord r;
+  r.id = std::string(64, 'f');
+  EXPECT_LT((reg.dir(r) / "vm.vsock_4294967295").string().size(), 96u);
+}
+
 TEST_F(RegistryTest, CorruptRecordsAreSkipped) {
   VmRegistry reg(root_);
   auto a = reg.create("ok", "img", {}, false);
