@@ -179,13 +179,17 @@ std::variant<pid_t, ErrorInfo> spawn(const SpawnSpec& spec) {
     if (spec.create_cwd) {
       if (int e = mkdir_p(cwd_copy.data())) child_fail(wfd, kStageCwdCreate, e);
     }
+    // The working directory as runc enters it: first with the agent's rights (so `-u 1000` in
+    // an image whose WorkingDir is root's 0700 /root still starts there, as in Docker), and
+    // only when that is refused, again as the workload's user.
+    bool in_cwd = ::chdir(cwd.c_str()) == 0;
+    if (!in_cwd && errno != EACCES && errno != EPERM) child_fail(wfd, kStageCwd, errno);
     if (spec.creds) {
       if (::setgroups(groups.size(), groups.data()) != 0) child_fail(wfd, kStageCreds, errno);
       if (::setgid(spec.creds->gid) != 0) child_fail(wfd, kStageCreds, errno);
       if (::setuid(spec.creds->uid) != 0) child_fail(wfd, kStageCreds, errno);
     }
-    // After the switch, so the workload's own permissions decide, as in runc.
-    if (::chdir(cwd.c_str()) != 0) child_fail(wfd, kStageCwd, errno);
+    if (!in_cwd && ::chdir(cwd.c_str()) != 0) child_fail(wfd, kStageCwd, errno);
 
     bool saw_eacces = false;
     int last = ENOENT;

@@ -372,6 +372,20 @@ TEST(AgentExec, UserAndGroupsSwitch) {
   EXPECT_EQ(agent.client().exec(named).out, "65534\n/nonexistent\n");
 }
 
+// As in runc (and so Docker): the working directory is entered before the user switch, so a
+// user may start in a directory only root can enter (`-u 1000` with WorkingDir /root).
+TEST(AgentExec, UserStartsInADirectoryOnlyRootCanEnter) {
+  if (::geteuid() != 0) GTEST_SKIP() << "switching users needs root";
+  AgentProcess agent;
+  TempDir d;
+  fs::permissions(d.path(), fs::perms::owner_all);
+  auto req = cmd({"sh", "-c", "id -u; pwd; ls . >/dev/null 2>&1 || echo cannot-list"});
+  req.user = "4242:4242";
+  req.cwd = d.path().string();
+  auto r = agent.client().exec(req);
+  EXPECT_EQ(r.out, "4242\n" + fs::canonical(d.path()).string() + "\ncannot-list\n") << r.err;
+}
+
 TEST(AgentExec, SignalIsDelivered) {
   AgentProcess agent;
   ExecSession s = agent.client().start(cmd({"sh", "-c", "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done"}));
