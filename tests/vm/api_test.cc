@@ -95,16 +95,25 @@ class ApiTest : public ::testing::Test {
 std::unique_ptr<sm::Image> ApiTest::image_;
 std::unique_ptr<sm::Vm> ApiTest::vm_;
 
-TEST_F(ApiTest, ImageFromLayoutIsNamedAndStored) {
-  EXPECT_EQ(image_->reference(), "localhost/oci:busybox");
-  EXPECT_TRUE(image_->digest().starts_with("sha256:")) << image_->digest();
-  EXPECT_EQ(image_->command(), std::vector<std::string>{"sh"});
+// Images need no VM.
+TEST(ApiImage, FromLayoutIsNamedAndStored) {
+  sm::Image image = sm::Image::load(g_layout, "busybox");
+  EXPECT_EQ(image.reference(), "localhost/oci:busybox");
+  EXPECT_TRUE(image.digest().starts_with("sha256:")) << image.digest();
+  EXPECT_EQ(image.command(), std::vector<std::string>{"sh"});
   // Now in the store: local() finds it without loading anything.
   sm::Image again = sm::Image::local("localhost/oci:busybox");
-  EXPECT_EQ(again.digest(), image_->digest());
+  EXPECT_EQ(again.digest(), image.digest());
+  // The layout holds several images: one must be named.
+  try {
+    (void)sm::Image::load(g_layout);
+    FAIL() << "no error";
+  } catch (const sm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("name the one to use"), std::string::npos) << e.what();
+  }
 }
 
-TEST_F(ApiTest, MissingImagesSayWhatIsMissing) {
+TEST(ApiImage, MissingImagesSayWhatIsMissing) {
   try {
     (void)sm::Image::local("localhost/no-such-image:1");
     FAIL() << "no error";
@@ -242,7 +251,7 @@ TEST_F(ApiTest, ConcurrentExecsRunIndependently) {
 
 // A VM of its own: configuration, stop(), and what destruction leaves behind.
 TEST(ApiVm, ConfigAndStopAndNothingLeftBehind) {
-  sm::Image image = sm::Image::local("localhost/oci:busybox");
+  sm::Image image = sm::Image::load(g_layout, "busybox");
   size_t fds = count_entries("/proc/self/fd");
   size_t threads = count_entries("/proc/self/task");
   fs::path dir;
@@ -297,7 +306,7 @@ TEST(ApiVm, ConfigAndStopAndNothingLeftBehind) {
 }
 
 TEST(ApiVm, BadConfigFailsBeforeBooting) {
-  sm::Image image = sm::Image::local("localhost/oci:busybox");
+  sm::Image image = sm::Image::load(g_layout, "busybox");
   sm::VmConfig c;
   c.env = {"NOEQUALS"};
   EXPECT_THROW((void)sm::Vm::start(image, c), sm::Error);
