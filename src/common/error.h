@@ -1,5 +1,6 @@
 // Errors: supermachine reports failures as exceptions of one type, sm::Error, everywhere
-// (chosen once, see docs/architecture.md). The message says what failed, why, and when it
+// (chosen once, see docs/architecture.md; the class itself is public, in
+// include/supermachine/error.h). The message says what failed, why, and when it
 // helps, what to do. GuestError marks failures caused by guest-controlled data: the VMM
 // turns them into a device error for the guest, never into a crash.
 #pragma once
@@ -11,12 +12,9 @@
 
 #include <fmt/format.h>
 
-namespace sm {
+#include "supermachine/error.h"
 
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
+namespace sm {
 
 // Raised when data the guest controls (descriptors, addresses, lengths, packets) is invalid.
 class GuestError : public Error {

@@ -1,0 +1,154 @@
+// The supermachine library: run OCI images as microVMs on KVM, from C++.
+//
+//   auto img = sm::Image::get("alpine");        // from the local store, else pulled
+//   auto vm = sm::Vm::start(img);               // boots in its own microVM
+//   auto r = vm.exec({"echo", "hi"});           // r.out == "hi\n", r.exit_code == 0
+//
+// A Vm runs inside the process that starts it (its vCPU and device threads are this process's
+// threads); destroying it powers the VM off and removes everything it created. Failures throw
+// sm::Error (include/supermachine/error.h) with a message that says what failed and why.
+// Reference: docs/api.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "supermachine/error.h"
+
+namespace sm {
+
+// A command could not be started in the VM (not found, not executable, unknown user or working
+// directory). exit_code() is what a shell or `docker exec` reports for it: 127 command not
+// found, 126 cannot execute or set-up failure, 125 otherwise.
+class ExecError : public Error {
+ public:
+  ExecError(const std::string& what, int exit_code) : Error(what), exit_code_(exit_code) {}
+  [[nodiscard]] int exit_code() const { return exit_code_; }
+
+ private:
+  int exit_code_;
+};
+
+struct PullOptions {
+  std::string platform;  // "os/arch[/variant]"; empty: this host's
+  std::vector<std::string> insecure_registries;  // "host[:port]" reached over plain HTTP
+};
+
+// An image in the local store (the user's, or $XDG_DATA_HOME/supermachine), with the read-only
+// root filesystem VMs boot from. Cheap to copy.
+class Image {
+ public:
+  // Pulls `reference` ("alpine", "ghcr.io/org/app:1") from its registry, even when stored.
+  [[nodiscard]] static Image pull(const std::string& reference, const PullOptions& options = {});
+  // The stored image; never touches the network (sm::Error when it is not stored).
+  [[nodiscard]] static Image local(const std::string& reference);
+  // The stored image, else pulled.
+  [[nodiscard]] static Image get(const std::string& reference, const PullOptions& options = {});
+  // Loads a `docker save` archive or an OCI image layout (directory or tar) into the store and
+  // returns one of its images: the one named `name` (a reference, or an OCI layout's ref name
+  // such as "v1"), or the only one when `name` is empty. Naming an archive's only image gives it
+  // that name in the store.
+  [[nodiscard]] static Image load(const std::filesystem::path& path, const std::string& name = {});
+
+  [[nodiscard]] const std::string& reference() const;  // canonical: docker.io/library/alpine:latest
+  [[nodiscard]] const std::string& digest() const;     // the platform manifest's, "sha256:..."
+  [[nodiscard]] std::vector<std::string> command() const;  // the image's Entrypoint + Cmd
+
+ private:
+  friend class Vm;
+  struct Impl;
+  explicit Image(std::shared_ptr<const Impl> impl);
+  std::shared_ptr<const Impl> impl_;
+};
+
+// How a VM is built. The defaults need nothing: 1 vCPU, 512 MiB, the writable layer in memory.
+// env, working_dir and user are the defaults of every exec (over the image's own).
+struct VmConfig {
+  unsigned cpus = 1;
+  std::uint64_t memory_mib = 512;
+  std::uint64_t disk_size_mib = 0;  // 0: the writable layer is a tmpfs; else an ext4 disk this large
+  std::string hostname = "supermachine";
+  std::vector<std::string> env;  // "NAME=value"
+  std::string working_dir;       // absolute; empty: the image's WorkingDir, else "/"
+  std::string user;              // "name", "uid", "name:group", "uid:gid"; empty: the image's, else root
+  std::chrono::seconds boot_timeout{120};
+};
+
+// Per-exec overrides of the VM's defaults.
+struct ExecOptions {
+  std::vector<std::string> env;  // "NAME=value", over the VM's environment
+  std::string working_dir;       // empty: the VM's
+  std::string user;              // empty: the VM's
+  std::chrono::milliseconds timeout{0};  // 0: none; on expiry the process group is killed
+  std::string stdin_data;        // Vm::exec only: the process's stdin (otherwise /dev/null)
+};
+
+struct ExecStatus {
+  int exit_code = 0;          // the exit status, or 128 + signal when killed by a signal
+  std::optional<int> signal;  // the signal that killed it
+  bool timed_out = false;     // killed because ExecOptions::timeout passed (exit_code 137)
+  std::chrono::nanoseconds duration{0};  // from the request to the process's exit
+};
+
+struct ExecResult : ExecStatus {
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Where a streaming exec's stdio comes from and goes to. The callbacks run on the calling thread.
+struct ExecStream {
+  int stdin_fd = -1;  // read until EOF and sent as stdin (not closed); or:
+  std::function<std::string()> stdin_source;  // the next chunk of stdin, "" at EOF
+  std::function<void(std::string_view)> on_stdout;
+  std::function<void(std::string_view)> on_stderr;
+};
+
+// A running microVM. Movable, not copyable. exec, exec_stream, write_file and read_file may run
+// concurrently from several threads; stop() and destruction must not race them.
+class Vm {
+ public:
+  // Boots `image` and waits until its agent answers. Throws sm::Error (with the end of the guest
+  // console) when the VM cannot be built or does not come up within config.boot_timeout.
+  [[nodiscard]] static Vm start(const Image& image, const VmConfig& config = {});
+
+  Vm(Vm&&) noexcept;
+  Vm& operator=(Vm&&) noexcept;
+  ~Vm();  // stop()
+
+  // Runs argv to completion and collects its output. Throws ExecError when it cannot start
+  // (e.g. "command not found"), sm::Error when the VM is stopped or cannot be reached.
+  [[nodiscard]] ExecResult exec(const std::vector<std::string>& argv, const ExecOptions& options = {});
+  // Runs argv with its stdio streamed through `io`; returns once it has exited.
+  ExecStatus exec_stream(const std::vector<std::string>& argv, const ExecStream& io,
+                         const ExecOptions& options = {});
+
+  // Writes `data` to the absolute `path` in the VM, atomically, creating missing directories.
+  void write_file(const std::string& path, std::string_view data, std::uint32_t mode = 0644);
+  // Reads a regular file of the VM (at most 64 MiB).
+  [[nodiscard]] std::string read_file(const std::string& path);
+
+  // Powers the VM off and removes its files. Idempotent; afterwards every call but running()
+  // throws sm::Error.
+  void stop();
+  // False once stopped, or when the guest has ended on its own (e.g. it crashed).
+  [[nodiscard]] bool running() const;
+  // The host directory holding the VM's sockets and its guest console log (console.log).
+  [[nodiscard]] const std::filesystem::path& dir() const;
+  // The end of the guest console, for diagnostics.
+  [[nodiscard]] std::string console_tail(std::size_t max_bytes = 4000) const;
+
+ private:
+  struct Impl;
+  explicit Vm(std::unique_ptr<Impl> impl);
+  Impl& impl() const;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sm
