@@ -1,0 +1,349 @@
+// VM tests of the container CLI: `supermachine run / exec / ps / logs / stop / kill / rm` on the
+// offline test images (tests/images/build), each command a real process booting real microVMs
+// on a real KVM (the host's, or the nested harness's). The whole file runs as one ctest test so
+// the images are loaded and their root filesystems built once.
+//
+// Every command runs with its own image store (XDG_DATA_HOME), VM state directory
+// (SUPERMACHINE_RUNTIME_DIR) and TMPDIR, all in one temporary directory, so the tests can check
+// exactly what the runtime leaves behind.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <cstring>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.h"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kDeadline = 240s;  // a cold boot under nested TCG takes seconds; be generous
+const std::string kBusybox = "localhost/oci:busybox";
+const std::string kMulti = "localhost/oci:multi";
+
+struct Result {
+  std::optional<int> status;
+  std::string out, err;
+};
+
+fs::path g_root;  // the per-run temporary directory holding store, state and TMPDIR
+
+std::string read_command_output(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  if (::pclose(p) != 0) return {};
+  return out;
+}
+
+Result sm(std::vector<std::string> args, std::chrono::seconds deadline = kDeadline) {
+  args.insert(args.begin(), SM_BINARY);
+  sm::test::ChildProcess p(args);
+  Result r;
+  r.status = p.wait(deadline);
+  r.out = p.out();
+  r.err = p.err();
+  return r;
+}
+
+// A shell command line (for redirections); SM stands for the supermachine binary.
+Result shell(const std::string& script, std::chrono::seconds deadline = kDeadline) {
+  sm::test::ChildProcess p({"/bin/sh", "-c", script}, {std::string("SM=") + SM_BINARY});
+  Result r;
+  r.status = p.wait(deadline);
+  r.out = p.out();
+  r.err = p.err();
+  return r;
+}
+
+std::string describe(const Result& r) {
+  return "status " + (r.status ? std::to_string(*r.status) : std::string("(killed at the deadline)")) +
+         "\n--- stdout ---\n" + r.out.substr(0, 2000) + "\n--- stderr ---\n" + r.err.substr(0, 4000);
+}
+
+std::vector<fs::path> files_under(const fs::path& dir) {
+  std::vector<fs::path> v;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    v.push_back(it->path());
+  return v;
+}
+
+// Processes running our supermachine binary (a leaked supervisor or VMM).
+std::vector<int> supermachine_processes() {
+  std::vector<int> pids;
+  std::error_code ec;
+  const fs::path binary = fs::canonical(SM_BINARY, ec);
+  for (auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::error_code ec2;
+    auto exe = fs::read_symlink(e.path() / "exe", ec2);
+    if (!ec2 && exe == binary) pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+
+class RunTest : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string tmpl = (fs::temp_directory_path() / "sm-runtest.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    g_root = tmpl;
+    fs::create_directories(g_root / "data");
+    fs::create_directories(g_root / "run");
+    fs::create_directories(g_root / "tmp");
+    ::setenv("XDG_DATA_HOME", (g_root / "data").c_str(), 1);
+    ::setenv("SUPERMACHINE_RUNTIME_DIR", (g_root / "run").c_str(), 1);
+    ::setenv("TMPDIR", (g_root / "tmp").c_str(), 1);
+
+    std::string images = read_command_output(std::string(SM_SOURCE_DIR) + "/tests/images/build");
+    while (!images.empty() && images.back() == '\n') images.pop_back();
+    ASSERT_FALSE(images.empty()) << "tests/images/build failed; run scripts/setup";
+    Result load = sm({"load", "-q", "-i", images + "/oci"}, 600s);
+    ASSERT_EQ(load.status, 0) << describe(load);
+    ASSERT_NE(load.out.find(kBusybox), std::string::npos) << load.out;
+    ASSERT_NE(load.out.find(kMulti), std::string::npos) << load.out;
+  }
+  static void TearDownTestSuite() {
+    // Nothing may be left running; then remove the store and state.
+    for (int pid : supermachine_processes()) ::kill(pid, SIGKILL);
+    std::error_code ec;
+    fs::remove_all(g_root, ec);
+  }
+  void SetUp() override {
+    if (!fs::exists("/dev/kvm")) GTEST_SKIP() << "no /dev/kvm";
+    ASSERT_FALSE(g_root.empty());
+  }
+};
+
+TEST_F(RunTest, EchoPrintsExactlyHello) {
+  Result r = sm({"run", "--rm", kBusybox, "echo", "hello"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.out, "hello\n");
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(RunTest, ExitStatusAndSignalAreTheWorkloads) {
+  Result seven = sm({"run", "--rm", kBusybox, "sh", "-c", "exit 7"});
+  EXPECT_EQ(seven.status, 7) << describe(seven);
+  Result killed = sm({"run", "--rm", kBusybox, "sh", "-c", "kill -9 $$"});
+  EXPECT_EQ(killed.status, 137) << describe(killed);
+}
+
+TEST_F(RunTest, RuntimeFailuresExitLikeDocker) {
+  Result missing = sm({"run", "--rm", kBusybox, "/no/such/command"});
+  EXPECT_EQ(missing.status, 127) << describe(missing);
+  EXPECT_NE(missing.err.find("/no/such/command"), std::string::npos) << missing.err;
+  Result not_exec = sm({"run", "--rm", kBusybox, "/etc/passwd"});
+  EXPECT_EQ(not_exec.status, 126) << describe(not_exec);
+  Result bad_memory = sm({"run", "--rm", "--memory", "lots", kBusybox, "true"});
+  EXPECT_EQ(bad_memory.status, 125) << describe(bad_memory);
+}
+
+TEST_F(RunTest, StdinComesBackThroughCatByteExact) {
+  const fs::path in = g_root / "stdin.bin";
+  std::string data(10u << 20, '\0');
+  std::mt19937_64 rng(42);
+  for (size_t i = 0; i < data.size(); i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&data[i], &v, 8);
+  }
+  std::ofstream(in, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
+  Result r = shell("exec \"$SM\" run --rm -i " + kBusybox + " cat < " + in.string());
+  fs::remove(in);
+  ASSERT_EQ(r.status, 0) << describe(r);
+  ASSERT_EQ(r.out.size(), data.size());
+  EXPECT_TRUE(r.out == data) << "stdin came back changed";
+}
+
+TEST_F(RunTest, StdoutAndStderrStaySeparate) {
+  Result r = sm({"run", "--rm", kBusybox, "sh", "-c", "echo to-out; echo to-err >&2; echo more-out"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.out, "to-out\nmore-out\n");
+  EXPECT_EQ(r.err, "to-err\n");
+}
+
+TEST_F(RunTest, ImageEnvWorkingDirAndUserAreDefaults) {
+  // busybox: Env GREETING=hello, WorkingDir /root, no User (root).
+  Result bb = sm({"run", "--rm", kBusybox, "sh", "-c", "echo $GREETING; pwd; id -u"});
+  ASSERT_EQ(bb.status, 0) << describe(bb);
+  EXPECT_EQ(bb.out, "hello\n/root\n0\n");
+  // multi: User 1000:1000, WorkingDir /data, Entrypoint sh -c, Cmd "cat /data/file".
+  Result multi = sm({"run", "--rm", kMulti});
+  ASSERT_EQ(multi.status, 0) << describe(multi);
+  EXPECT_EQ(multi.out, "shared payload\n");
+  Result who = sm({"run", "--rm", kMulti, "id -u; id -g; pwd"});
+  ASSERT_EQ(who.status, 0) << describe(who);
+  EXPECT_EQ(who.out, "1000\n1000\n/data\n");
+}
+
+TEST_F(RunTest, EnvWorkdirAndUserFlagsOverride) {
+  const fs::path env_file = g_root / "env.list";
+  std::ofstream(env_file) << "# comment\nFROM_FILE=file value\n";
+  Result r = sm({"run", "--rm", "-e", "FOO=bar", "-e", "GREETING=hi", "--env-file", env_file.string(), "-w",
+                 "/tmp/new/dir", "-u", "1000:1000", kBusybox, "sh", "-c",
+                 "echo $FOO $GREETING $FROM_FILE; pwd; id -u; id -g"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.out, "bar hi file value\n/tmp/new/dir\n1000\n1000\n");
+  Result named = sm({"run", "--rm", "-u", "user", kBusybox, "id", "-un"});
+  ASSERT_EQ(named.status, 0) << describe(named);
+  EXPECT_EQ(named.out, "user\n");
+  Result entry = sm({"run", "--rm", "--entrypoint", "echo", kMulti, "from", "entrypoint"});
+  ASSERT_EQ(entry.status, 0) << describe(entry);
+  EXPECT_EQ(entry.out, "from entrypoint\n");
+}
+
+TEST_F(RunTest, MultiLayerWhiteoutsAreHonoured) {
+  Result r = sm({"run", "--rm", kMulti,
+                 "test -e /etc/motd && echo motd-still-there; cat /usr/share/doc/README; ls /opt/app; "
+                 "cat /var/lib/data; ls -A /srv/shared; test -e /data/file.hardlink2 || echo no-hardlink2"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.out, "new doc\nnew1\nsub\nnow a file\n-sorted-before-opq\nz\nno-hardlink2\n");
+}
+
+TEST_F(RunTest, WritesToRootSucceedAndVanishWithRm) {
+  Result w = sm({"run", "--rm", kBusybox, "sh", "-c",
+                 "echo written > /etc/new-file && mkdir -p /usr/lib/new-dir && rm /etc/motd && cat /etc/new-file"});
+  ASSERT_EQ(w.status, 0) << describe(w);
+  EXPECT_EQ(w.out, "written\n");
+  Result r = sm({"run", "--rm", kBusybox, "sh", "-c",
+                 "ls /etc/new-file /usr/lib/new-dir 2>/dev/null; cat /etc/motd >/dev/null && echo motd-back"});
+  EXPECT_EQ(r.out, "motd-back\n") << describe(r);
+  // A bigger write lands on the scratch disk when --disk-size asks for one.
+  Result disk = sm({"run", "--rm", "--disk-size", "256m", kBusybox, "sh", "-c",
+                    "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null && ls -l /big | awk '{print $5}'"});
+  ASSERT_EQ(disk.status, 0) << describe(disk);
+  EXPECT_EQ(disk.out, "67108864\n");
+}
+
+TEST_F(RunTest, DetachedVmTakesConcurrentExecsAndTheVmVerbs) {
+  Result d = sm({"run", "-d", "--name", "bg", kBusybox, "sh", "-c", "echo main-started; exec sleep 1000"});
+  ASSERT_EQ(d.status, 0) << describe(d);
+  ASSERT_EQ(d.out.size(), 65u) << "run -d prints the full VM id: " << d.out;
+  const std::string id = d.out.substr(0, 64);
+
+  Result ps = sm({"ps"});
+  ASSERT_EQ(ps.status, 0) << describe(ps);
+  EXPECT_NE(ps.out.find(id.substr(0, 12)), std::string::npos) << ps.out;
+  EXPECT_NE(ps.out.find("bg"), std::string::npos) << ps.out;
+
+  // The main process keeps running while execs come and go, several at once.
+  Result busy = sm({"exec", "bg", "sh", "-c", "pidof sleep >/dev/null && echo main-running; hostname"});
+  ASSERT_EQ(busy.status, 0) << describe(busy);
+  EXPECT_EQ(busy.out, "main-running\n" + id.substr(0, 12) + "\n");
+  {
+    sm::test::ChildProcess a({SM_BINARY, "exec", "bg", "sh", "-c", "sleep 2; echo a"});
+    sm::test::ChildProcess b({SM_BINARY, "exec", id.substr(0, 8), "sh", "-c", "echo b; exit 3"});
+    EXPECT_EQ(b.wait(kDeadline), 3);
+    EXPECT_EQ(b.out(), "b\n");
+    EXPECT_EQ(a.wait(kDeadline), 0);
+    EXPECT_EQ(a.out(), "a\n");
+  }
+  Result env = sm({"exec", "-e", "X=1", "-w", "/etc", "-u", "1000", "bg", "sh", "-c", "echo $X $GREETING; pwd; id -u"});
+  EXPECT_EQ(env.out, "1 hello\n/etc\n1000\n") << describe(env);
+
+  auto t0 = std::chrono::steady_clock::now();
+  Result timeout = sm({"exec", "--timeout", "2s", "bg", "sleep", "100"});
+  EXPECT_EQ(timeout.status, 124) << describe(timeout);
+  EXPECT_NE(timeout.err.find("timed out"), std::string::npos) << timeout.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 60s);
+  Result still = sm({"exec", "bg", "pidof", "sleep"});
+  EXPECT_EQ(still.status, 0) << "the timeout killed only the exec'd command: " << describe(still);
+
+  Result logs = sm({"logs", "bg"});
+  ASSERT_EQ(logs.status, 0) << describe(logs);
+  EXPECT_EQ(logs.out, "main-started\n");
+
+  Result rm_running = sm({"rm", "bg"});
+  EXPECT_NE(rm_running.status, 0) << "rm of a running VM without -f must refuse";
+
+  Result stop = sm({"stop", "-t", "5", "bg"});
+  ASSERT_EQ(stop.status, 0) << describe(stop);
+  Result ps_after = sm({"ps", "-q"});
+  EXPECT_EQ(ps_after.out.find(id.substr(0, 12)), std::string::npos) << ps_after.out;
+  Result ps_all = sm({"ps", "-a"});
+  EXPECT_NE(ps_all.out.find(id.substr(0, 12)), std::string::npos) << ps_all.out;
+  EXPECT_NE(ps_all.out.find("Exited"), std::string::npos) << ps_all.out;
+  Result exec_stopped = sm({"exec", "bg", "true"});
+  EXPECT_NE(exec_stopped.status, 0);
+  EXPECT_NE(exec_stopped.err.find("not running"), std::string::npos) << exec_stopped.err;
+
+  Result rm = sm({"rm", "bg"});
+  ASSERT_EQ(rm.status, 0) << describe(rm);
+  Result ps_gone = sm({"ps", "-a", "-q"});
+  EXPECT_EQ(ps_gone.out.find(id.substr(0, 12)), std::string::npos) << ps_gone.out;
+
+  // kill: the default signal is SIGKILL; the VM reports 137.
+  Result k = sm({"run", "-d", "--name", "victim", kBusybox, "sleep", "1000"});
+  ASSERT_EQ(k.status, 0) << describe(k);
+  Result kill = sm({"kill", "victim"});
+  ASSERT_EQ(kill.status, 0) << describe(kill);
+  bool exited = false;
+  for (int i = 0; i < 200 && !exited; ++i) {
+    exited = sm({"ps", "-q"}).out.find(k.out.substr(0, 12)) == std::string::npos;
+    if (!exited) std::this_thread::sleep_for(250ms);
+  }
+  EXPECT_TRUE(exited);
+  Result ps_k = sm({"ps", "-a"});
+  EXPECT_NE(ps_k.out.find("Exited (137)"), std::string::npos) << ps_k.out;
+  EXPECT_EQ(sm({"rm", "-f", "victim"}).status, 0);
+}
+
+TEST_F(RunTest, CtrlCGoesToTheWorkload) {
+  sm::test::ChildProcess p({SM_BINARY, "run", "--rm", kBusybox, "sh", "-c",
+                            "trap 'echo got-INT; exit 3' INT; echo ready; while :; do sleep 0.1; done"});
+  ASSERT_TRUE(p.wait_for_output("ready", kDeadline)) << p.err();
+  ::kill(p.pid(), SIGINT);
+  EXPECT_EQ(p.wait(60s), 3) << p.err();
+  EXPECT_EQ(p.out(), "ready\ngot-INT\n");
+}
+
+TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
+  auto fds_before = files_under("/proc/self/fd").size();
+  for (int i = 0; i < 20; ++i) {
+    Result r = sm({"run", "--rm", kBusybox, "echo", "run " + std::to_string(i)});
+    ASSERT_EQ(r.status, 0) << "run " << i << ": " << describe(r);
+    ASSERT_EQ(r.out, "run " + std::to_string(i) + "\n");
+  }
+  EXPECT_EQ(files_under("/proc/self/fd").size(), fds_before);
+  EXPECT_TRUE(supermachine_processes().empty()) << "a supermachine process outlived its run";
+  // No VM state, sockets, console logs or scratch disks; nothing in TMPDIR.
+  EXPECT_TRUE(files_under(g_root / "tmp").empty());
+  for (auto& p : files_under(g_root / "run")) {
+    EXPECT_TRUE(fs::is_directory(p) || p.filename() == "lock")
+        << "left behind: " << p;
+  }
+}
+
+TEST_F(RunTest, UncachedImageWithoutNetworkSaysSo) {
+  // Nothing listens on 127.0.0.1:1: the registry is unreachable, as with no network at all.
+  Result r = sm({"run", "--rm", "127.0.0.1:1/nothing/here:latest", "true"}, 120s);
+  EXPECT_EQ(r.status, 125) << describe(r);
+  EXPECT_NE(r.err.find("127.0.0.1:1/nothing/here:latest"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not"), std::string::npos) << r.err;
+  Result never = sm({"run", "--rm", "--pull", "never", "example.invalid/none:1", "true"}, 60s);
+  EXPECT_EQ(never.status, 125) << describe(never);
+  EXPECT_NE(never.err.find("example.invalid/none:1"), std::string::npos) << never.err;
+}
+
+}  // namespace
