@@ -26,10 +26,8 @@ fs::path make_vm_dir() {
   return tmpl;
 }
 
-void check_env(const std::vector<std::string>& env) {
-  for (const auto& kv : env)
-    if (kv.empty() || kv.front() == '=' || kv.find('=') == std::string::npos)
-      throw Error(fmt::format("bad environment entry '{}': expected NAME=value", kv));
+void check_working_dir(const std::string& dir) {
+  if (!dir.empty() && dir.front() != '/') throw Error(fmt::format("the working directory '{}' is not absolute", dir));
 }
 
 }  // namespace
@@ -72,7 +70,7 @@ struct Vm::Impl {
 
   agent::ExecRequest request(const std::vector<std::string>& argv, const ExecOptions& o) const {
     if (argv.empty() || argv.front().empty()) throw Error("exec needs a command: argv is empty");
-    check_env(o.env);
+    runtime::check_env(o.env);
     const oci::RunConfig& ic = image.impl_->resolved.config;
     agent::ExecRequest r;
     r.argv = argv;
@@ -85,8 +83,7 @@ struct Vm::Impl {
       r.cwd = config.working_dir.empty() ? ic.working_dir : config.working_dir;
       r.create_cwd = !r.cwd.empty();
     }
-    if (!r.cwd.empty() && r.cwd.front() != '/')
-      throw Error(fmt::format("the working directory '{}' is not absolute", r.cwd));
+    check_working_dir(r.cwd);
     r.user = !o.user.empty() ? o.user : !config.user.empty() ? config.user : ic.user;
     r.timeout = o.timeout;
     return r;
@@ -139,9 +136,8 @@ Vm::Impl& Vm::impl() const {
 }
 
 Vm Vm::start(const Image& image, const VmConfig& config) {
-  check_env(config.env);
-  if (!config.working_dir.empty() && config.working_dir.front() != '/')
-    throw Error(fmt::format("the working directory '{}' is not absolute", config.working_dir));
+  runtime::check_env(config.env);
+  check_working_dir(config.working_dir);
   auto impl = std::make_unique<Impl>(image);
   impl->config = config;
   runtime::ContainerSpec spec;

@@ -28,6 +28,12 @@ std::string_view env_name(std::string_view kv) { return kv.substr(0, kv.find('='
 
 }  // namespace
 
+void check_env(const std::vector<std::string>& env) {
+  for (const auto& kv : env)
+    if (env_name(kv).empty() || kv.find('=') == std::string::npos)
+      throw Error(fmt::format("bad environment entry '{}': expected NAME=value", kv));
+}
+
 std::vector<std::string> merge_env(std::vector<std::string> base, const std::vector<std::string>& over) {
   for (const auto& kv : over) {
     bool replaced = false;
@@ -54,9 +60,7 @@ agent::ExecRequest main_request(const ContainerSpec& spec) {
   }
   if (r.argv.empty())
     throw Error("no command to run: the image has no Entrypoint or Cmd; give one after the image name");
-  for (const auto& kv : spec.env)
-    if (env_name(kv).empty() || kv.find('=') == std::string::npos)
-      throw Error(fmt::format("bad environment entry '{}': expected NAME=value", kv));
+  check_env(spec.env);
   r.env = merge_env(spec.image.env, spec.env);
   r.cwd = spec.working_dir.value_or(spec.image.working_dir);
   // Docker creates the working directory when it is missing, from the image or from -w.

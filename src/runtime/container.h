@@ -55,6 +55,9 @@ struct ContainerSpec {
 // working directory (created when missing) and user. Throws sm::Error when there is no command.
 [[nodiscard]] agent::ExecRequest main_request(const ContainerSpec& spec);
 
+// Throws sm::Error naming the first entry that is not "NAME=value".
+void check_env(const std::vector<std::string>& env);
+
 // "K=V" entries of `over` replace same-named entries of `base`, in place; new names append.
 [[nodiscard]] std::vector<std::string> merge_env(std::vector<std::string> base, const std::vector<std::string>& over);
 
