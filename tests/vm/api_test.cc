@@ -23,6 +23,7 @@
 #include <supermachine/supermachine.h>
 
 #include "child_process.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -32,38 +33,17 @@ namespace {
 // Nested KVM under TCG is slow; deadlines are generous.
 constexpr auto kExampleDeadline = 300s;
 
-fs::path g_tmp;     // the per-process temporary root
-fs::path g_layout;  // the test images' OCI layout
-
-// The directory tests/images/build prints (it builds the images once, then answers from cache).
-fs::path test_images() {
-  if (const char* d = std::getenv("SM_TEST_IMAGES"); d && *d) return d;
-  std::FILE* p = ::popen(SM_SOURCE_DIR "/tests/images/build", "r");
-  if (!p) throw std::runtime_error("cannot run tests/images/build");
-  std::string out;
-  char buf[512];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  if (::pclose(p) != 0) throw std::runtime_error("tests/images/build failed");
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
+sm::test::PrivateDirs g_dirs;  // this process's image store, VM state and TMPDIR
+fs::path g_layout;              // the test images' OCI layout
 
 class ApiEnvironment : public ::testing::Environment {
  public:
   void SetUp() override {
-    std::string tmpl = "/tmp/sm-apitest.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    g_tmp = tmpl;
-    fs::create_directories(g_tmp / "data");
-    fs::create_directories(g_tmp / "run");
-    fs::create_directories(g_tmp / "vms");
-    ::setenv("XDG_DATA_HOME", (g_tmp / "data").c_str(), 1);
-    ::setenv("SUPERMACHINE_RUNTIME_DIR", (g_tmp / "run").c_str(), 1);
-    ::setenv("TMPDIR", (g_tmp / "vms").c_str(), 1);
-    g_layout = test_images() / "oci";
+    g_dirs = sm::test::use_private_dirs("sm-apitest");
+    g_layout = sm::test::test_images_dir(SM_SOURCE_DIR) / "oci";
     ASSERT_TRUE(fs::exists(g_layout / "index.json")) << g_layout;
   }
-  void TearDown() override { fs::remove_all(g_tmp); }
+  void TearDown() override { fs::remove_all(g_dirs.root); }
 };
 
 [[maybe_unused]] const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new ApiEnvironment);
@@ -266,7 +246,7 @@ TEST(ApiVm, ConfigAndStopAndNothingLeftBehind) {
     sm::Vm vm = sm::Vm::start(image, c);
     dir = vm.dir();
     EXPECT_TRUE(fs::is_directory(dir));
-    EXPECT_EQ(dir.parent_path(), g_tmp / "vms");
+    EXPECT_EQ(dir.parent_path(), g_dirs.tmp);
     EXPECT_GT(count_entries("/proc/self/task"), threads);
     sm::ExecResult r = vm.exec(
         {"sh", "-c", "echo $(hostname):$(grep -c ^processor /proc/cpuinfo):$FROM_CONFIG:$GREETING:$(pwd):$(id -u)"});
@@ -300,7 +280,7 @@ TEST(ApiVm, ConfigAndStopAndNothingLeftBehind) {
     EXPECT_EQ(vm.exec({"sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo started"}).out, "started\n");
   }
   EXPECT_FALSE(fs::exists(dir));
-  EXPECT_TRUE(entries(g_tmp / "vms").empty());
+  EXPECT_TRUE(entries(g_dirs.tmp).empty());
   EXPECT_EQ(count_entries("/proc/self/fd"), fds);
   EXPECT_EQ(count_entries("/proc/self/task"), threads);
 }
@@ -318,7 +298,7 @@ TEST(ApiVm, BadConfigFailsBeforeBooting) {
   } catch (const sm::Error& e) {
     EXPECT_NE(std::string(e.what()).find("hostname"), std::string::npos) << e.what();
   }
-  EXPECT_TRUE(entries(g_tmp / "vms").empty());
+  EXPECT_TRUE(entries(g_dirs.tmp).empty());
 }
 
 struct Ran {
@@ -339,7 +319,7 @@ TEST(ApiExamples, HelloPrintsTheGreeting) {
   Ran r = run_example(SM_EXAMPLE_HELLO);
   ASSERT_EQ(r.status, 0) << r.out << r.err;
   EXPECT_TRUE(r.out.starts_with("hello from localhost/oci:busybox\nexit code 0 in ")) << r.out;
-  EXPECT_TRUE(entries(g_tmp / "vms").empty());
+  EXPECT_TRUE(entries(g_dirs.tmp).empty());
 }
 
 TEST(ApiExamples, SandboxStreamsAndReadsTheResult) {
@@ -348,7 +328,7 @@ TEST(ApiExamples, SandboxStreamsAndReadsTheResult) {
   EXPECT_TRUE(r.out.starts_with("got: line 1\ngot: line 2\ngot: line 3\nexit code 3 in ")) << r.out;
   EXPECT_TRUE(r.out.ends_with(" ms\ncount: 3\n")) << r.out;
   EXPECT_EQ(r.err, "done\n");
-  EXPECT_TRUE(entries(g_tmp / "vms").empty());
+  EXPECT_TRUE(entries(g_dirs.tmp).empty());
 }
 
 }  // namespace

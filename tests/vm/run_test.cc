@@ -13,7 +13,6 @@
 
 #include <gtest/gtest.h>
 
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +26,7 @@
 #include <vector>
 
 #include "child_process.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -42,37 +42,27 @@ struct Result {
   std::string out, err;
 };
 
-fs::path g_root;  // the per-run temporary directory holding store, state and TMPDIR
+sm::test::PrivateDirs g_dirs;  // this run's image store, VM state and TMPDIR
 
-std::string read_command_output(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  if (::pclose(p) != 0) return {};
-  return out;
+// Runs argv to its end (or the deadline) and collects what it printed.
+Result run_child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                 std::chrono::seconds deadline) {
+  sm::test::ChildProcess p(argv, env);
+  Result r;
+  r.status = p.wait(deadline);
+  r.out = p.out();
+  r.err = p.err();
+  return r;
 }
 
 Result sm(std::vector<std::string> args, std::chrono::seconds deadline = kDeadline) {
   args.insert(args.begin(), SM_BINARY);
-  sm::test::ChildProcess p(args);
-  Result r;
-  r.status = p.wait(deadline);
-  r.out = p.out();
-  r.err = p.err();
-  return r;
+  return run_child(args, {}, deadline);
 }
 
 // A shell command line (for redirections); SM stands for the supermachine binary.
 Result shell(const std::string& script, std::chrono::seconds deadline = kDeadline) {
-  sm::test::ChildProcess p({"/bin/sh", "-c", script}, {std::string("SM=") + SM_BINARY});
-  Result r;
-  r.status = p.wait(deadline);
-  r.out = p.out();
-  r.err = p.err();
-  return r;
+  return run_child({"/bin/sh", "-c", script}, {std::string("SM=") + SM_BINARY}, deadline);
 }
 
 std::string describe(const Result& r) {
@@ -106,20 +96,9 @@ std::vector<int> supermachine_processes() {
 class RunTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string tmpl = (fs::temp_directory_path() / "sm-runtest.XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    g_root = tmpl;
-    fs::create_directories(g_root / "data");
-    fs::create_directories(g_root / "run");
-    fs::create_directories(g_root / "tmp");
-    ::setenv("XDG_DATA_HOME", (g_root / "data").c_str(), 1);
-    ::setenv("SUPERMACHINE_RUNTIME_DIR", (g_root / "run").c_str(), 1);
-    ::setenv("TMPDIR", (g_root / "tmp").c_str(), 1);
-
-    std::string images = read_command_output(std::string(SM_SOURCE_DIR) + "/tests/images/build");
-    while (!images.empty() && images.back() == '\n') images.pop_back();
-    ASSERT_FALSE(images.empty()) << "tests/images/build failed; run scripts/setup";
-    Result load = sm({"load", "-q", "-i", images + "/oci"}, 600s);
+    g_dirs = sm::test::use_private_dirs("sm-runtest");
+    const fs::path images = sm::test::test_images_dir(SM_SOURCE_DIR);
+    Result load = sm({"load", "-q", "-i", (images / "oci").string()}, 600s);
     ASSERT_EQ(load.status, 0) << describe(load);
     ASSERT_NE(load.out.find(kBusybox), std::string::npos) << load.out;
     ASSERT_NE(load.out.find(kMulti), std::string::npos) << load.out;
@@ -128,11 +107,11 @@ class RunTest : public testing::Test {
     // Nothing may be left running; then remove the store and state.
     for (int pid : supermachine_processes()) ::kill(pid, SIGKILL);
     std::error_code ec;
-    fs::remove_all(g_root, ec);
+    fs::remove_all(g_dirs.root, ec);
   }
   void SetUp() override {
     if (!fs::exists("/dev/kvm")) GTEST_SKIP() << "no /dev/kvm";
-    ASSERT_FALSE(g_root.empty());
+    ASSERT_FALSE(g_dirs.root.empty());
   }
 };
 
@@ -161,7 +140,7 @@ TEST_F(RunTest, RuntimeFailuresExitLikeDocker) {
 }
 
 TEST_F(RunTest, StdinComesBackThroughCatByteExact) {
-  const fs::path in = g_root / "stdin.bin";
+  const fs::path in = g_dirs.root / "stdin.bin";
   std::string data(10u << 20, '\0');
   std::mt19937_64 rng(42);
   for (size_t i = 0; i < data.size(); i += 8) {
@@ -198,7 +177,7 @@ TEST_F(RunTest, ImageEnvWorkingDirAndUserAreDefaults) {
 }
 
 TEST_F(RunTest, EnvWorkdirAndUserFlagsOverride) {
-  const fs::path env_file = g_root / "env.list";
+  const fs::path env_file = g_dirs.root / "env.list";
   std::ofstream(env_file) << "# comment\nFROM_FILE=file value\n";
   Result r = sm({"run", "--rm", "-e", "FOO=bar", "-e", "GREETING=hi", "--env-file", env_file.string(), "-w",
                  "/tmp/new/dir", "-u", "1000:1000", kBusybox, "sh", "-c",
@@ -328,8 +307,8 @@ TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
   EXPECT_EQ(files_under("/proc/self/fd").size(), fds_before);
   EXPECT_TRUE(supermachine_processes().empty()) << "a supermachine process outlived its run";
   // No VM state, sockets, console logs or scratch disks; nothing in TMPDIR.
-  EXPECT_TRUE(files_under(g_root / "tmp").empty());
-  for (auto& p : files_under(g_root / "run")) {
+  EXPECT_TRUE(files_under(g_dirs.tmp).empty());
+  for (auto& p : files_under(g_dirs.run)) {
     EXPECT_TRUE(fs::is_directory(p) || p.filename() == "lock")
         << "left behind: " << p;
   }
