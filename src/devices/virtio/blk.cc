@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -81,6 +82,18 @@ Blk::Blk(const std::string& path, BlkOptions options) : path_(path), options_(st
   if (!fd_) {
     throw sys_error(fmt::format("opening disk image {}{}", path,
                                 options_.read_only ? "" : " read-write (add :ro for a read-only disk)"));
+  }
+  // Another VM writing the same image would corrupt it, or what this one reads: a read-write disk
+  // takes an exclusive lock, a read-only one a shared lock (as QEMU does), for the device's
+  // lifetime. flock locks belong to this open file description, so they also hold within one
+  // process and go with the fd.
+  if (::flock(fd_.get(), (options_.read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      throw Error(fmt::format("disk image {} is in use by another VM{}", path,
+                              options_.read_only ? " that writes to it"
+                                                 : " (a read-write disk must be used by one VM "
+                                                   "only; add :ro to share it read-only)"));
+    throw sys_error(fmt::format("locking disk image {}", path));
   }
   struct stat st {};
   if (::fstat(fd_.get(), &st) != 0) throw sys_error(fmt::format("stat {}", path));

@@ -145,11 +145,16 @@ TEST_F(BlkTest, FlushAndGetId) {
 }
 
 TEST_F(BlkTest, DefaultSerialIsStable) {
-  Blk a(disk.path()), b(disk.path(), {.read_only = true});
-  EXPECT_FALSE(a.serial().empty());
-  EXPECT_LE(a.serial().size(), 20u);
-  EXPECT_EQ(a.serial(), b.serial());
-  EXPECT_EQ(a.capacity_sectors(), kSectors);
+  std::string first;
+  {
+    Blk a(disk.path());
+    first = a.serial();
+    EXPECT_EQ(a.capacity_sectors(), kSectors);
+  }
+  Blk b(disk.path(), {.read_only = true});  // after a: a read-write disk is locked while open
+  EXPECT_FALSE(first.empty());
+  EXPECT_LE(first.size(), 20u);
+  EXPECT_EQ(first, b.serial());
 }
 
 TEST_F(BlkTest, RequestsBeyondTheDiskFail) {
@@ -239,6 +244,29 @@ TEST(Blk, OpenErrorsAreClear) {
   EXPECT_THROW(Blk("/tmp"), Error);
   TempDisk d;
   EXPECT_THROW(Blk(d.path(), {.serial = std::string(21, 'x')}), Error);
+}
+
+TEST(Blk, ReadWriteDisksAreExclusiveReadOnlyOnesShared) {
+  TempDisk d;
+  auto in_use = [&](BlkOptions o) {
+    try {
+      Blk b(d.path(), o);
+      return std::string();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+  };
+  {
+    Blk writer(d.path());
+    EXPECT_NE(in_use({}).find("in use by another VM"), std::string::npos);
+    EXPECT_NE(in_use({.read_only = true}).find("in use by another VM that writes to it"), std::string::npos);
+  }
+  {
+    Blk reader1(d.path(), {.read_only = true});
+    Blk reader2(d.path(), {.read_only = true});
+    EXPECT_NE(in_use({}).find("add :ro"), std::string::npos);
+  }
+  EXPECT_EQ(in_use({}), "");  // both released with their devices
 }
 
 }  // namespace
