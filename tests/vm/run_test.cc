@@ -299,6 +299,19 @@ TEST_F(RunTest, CtrlCGoesToTheWorkload) {
 
 TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
   auto fds_before = files_under("/proc/self/fd").size();
+  // What earlier cases left (a failed one may leave its VM) is theirs to report, not this case's.
+  auto listing = [](const fs::path& dir) {
+    auto v = files_under(dir);
+    return std::set<fs::path>(v.begin(), v.end());
+  };
+  auto run_before = listing(g_dirs.run);
+  auto tmp_before = listing(g_dirs.tmp);
+  auto new_since = [&](const std::set<fs::path>& before, const fs::path& dir) {
+    std::vector<fs::path> added;
+    for (auto& p : listing(dir))
+      if (!before.count(p)) added.push_back(p);
+    return added;
+  };
   for (int i = 0; i < 20; ++i) {
     Result r = sm({"run", "--rm", kBusybox, "echo", "run " + std::to_string(i)});
     ASSERT_EQ(r.status, 0) << "run " << i << ": " << describe(r);
@@ -307,8 +320,8 @@ TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
   EXPECT_EQ(files_under("/proc/self/fd").size(), fds_before);
   EXPECT_TRUE(supermachine_processes().empty()) << "a supermachine process outlived its run";
   // No VM state, sockets, console logs or scratch disks; nothing in TMPDIR.
-  EXPECT_TRUE(files_under(g_dirs.tmp).empty());
-  for (auto& p : files_under(g_dirs.run)) {
+  EXPECT_TRUE(new_since(tmp_before, g_dirs.tmp).empty());
+  for (auto& p : new_since(run_before, g_dirs.run)) {
     EXPECT_TRUE(fs::is_directory(p) || p.filename() == "lock")
         << "left behind: " << p;
   }
