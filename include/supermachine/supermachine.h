@@ -110,8 +110,10 @@ struct ExecStream {
   std::function<void(std::string_view)> on_stderr;
 };
 
-// A running microVM. Movable, not copyable. exec, exec_stream, write_file and read_file may run
-// concurrently from several threads; stop() and destruction must not race them.
+// A running microVM. Movable, not copyable. exec, exec_stream, write_file, read_file, running,
+// console_tail and stop may run concurrently from several threads: stop() (say, from a watchdog)
+// ends the requests in flight, which throw sm::Error saying the VM ended. Moving, destroying
+// and dir() must not race the others.
 class Vm {
  public:
   // Boots `image` and waits until its agent answers. Throws sm::Error (with the end of the guest

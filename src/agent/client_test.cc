@@ -803,13 +803,16 @@ TEST(ClientHostileAgent, OutputBeyondTheCapStopsTheExec) {
 }
 
 TEST(ClientHostileAgent, ReadFileSizeLiesAreCaught) {
+  // hold_open: a fake that closed at once could make the client's request fail (EPIPE,
+  // ECONNRESET) before the lie is read, which is an Error but not the ProtocolError checked here.
   {
-    FakeAgent fake(good_hello() + encode_frame(FrameType::kFileInfo, encode(FileInfo{100, 0644})));
+    FakeAgent fake(good_hello() + encode_frame(FrameType::kFileInfo, encode(FileInfo{100, 0644})), /*hold_open=*/true);
     EXPECT_THROW((void)fake.client().read_file("/f", 10), ProtocolError);
   }
   {
     FakeAgent fake(good_hello() + encode_frame(FrameType::kFileInfo, encode(FileInfo{5, 0644})) +
-                   encode_frame(FrameType::kFileData, std::string(20, 'x')));
+                       encode_frame(FrameType::kFileData, std::string(20, 'x')),
+                   /*hold_open=*/true);
     EXPECT_THROW((void)fake.client().read_file("/f", 10), ProtocolError);
   }
 }

@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -35,37 +38,53 @@ void check_working_dir(const std::string& dir) {
 struct Vm::Impl {
   Image image;
   VmConfig config;
+  // A request holds its own reference to the container for its whole length, so stop() on
+  // another thread can take it from here at any time: the machine ends, its vsock connections
+  // close, and the request fails with "the VM ended".
+  mutable std::mutex mu;  // guards container and dir
+  std::shared_ptr<runtime::ContainerVm> container;
   fs::path dir;
-  std::unique_ptr<runtime::ContainerVm> container;
 
   explicit Impl(Image img) : image(std::move(img)) {}
   ~Impl() { stop(); }
 
   void stop() noexcept {
-    if (container) {
+    std::shared_ptr<runtime::ContainerVm> c;
+    fs::path d;
+    {
+      std::lock_guard lock(mu);
+      c = std::exchange(container, nullptr);
+      d = std::exchange(dir, fs::path());
+    }
+    if (c) {
       try {
         // Nothing in the VM outlives it (the writable layer and scratch disk go with it), so
         // there is nothing for the agent to sync: end the VMM directly.
-        if (!container->status()) container->stop(0);
-        container->wait();
+        if (!c->status()) c->stop(0);
+        c->wait();
       } catch (const std::exception& e) {
         spdlog::warn("stopping the VM: {}", e.what());
       }
-      container.reset();
     }
-    if (!dir.empty()) {
+    c.reset();  // the last request still running on it destroys it otherwise
+    if (!d.empty()) {
       std::error_code ec;
-      fs::remove_all(dir, ec);
-      if (ec) spdlog::warn("removing {}: {}", dir.string(), ec.message());
-      dir.clear();
+      fs::remove_all(d, ec);
+      if (ec) spdlog::warn("removing {}: {}", d.string(), ec.message());
     }
   }
 
-  runtime::ContainerVm& vm() const {
-    if (!container) throw Error("the VM is stopped");
-    if (auto status = container->status())
-      throw Error(fmt::format("the VM has ended (status {}); guest console:\n{}", *status, container->console_tail()));
-    return *container;
+  std::shared_ptr<runtime::ContainerVm> current() const {
+    std::lock_guard lock(mu);
+    return container;
+  }
+
+  std::shared_ptr<runtime::ContainerVm> vm() const {
+    auto c = current();
+    if (!c) throw Error("the VM is stopped");
+    if (auto status = c->status())
+      throw Error(fmt::format("the VM has ended (status {}); guest console:\n{}", *status, c->console_tail()));
+    return c;
   }
 
   agent::ExecRequest request(const std::vector<std::string>& argv, const ExecOptions& o) const {
@@ -91,7 +110,7 @@ struct Vm::Impl {
 
   // An agent refusal as the public ExecError, naming the command; other errors say whether the
   // VM is still there.
-  [[noreturn]] void rethrow(const std::vector<std::string>& argv) const {
+  [[noreturn]] static void rethrow(const std::vector<std::string>& argv, const runtime::ContainerVm* c) {
     try {
       throw;
     } catch (const agent::ExecError& e) {
@@ -104,9 +123,9 @@ struct Vm::Impl {
       std::string detail = why == e.agent_message() || e.agent_message().empty() ? "" : " (" + e.agent_message() + ")";
       throw ExecError(fmt::format("cannot run '{}' in the VM: {}{}", argv.front(), why, detail), e.exit_code());
     } catch (const Error& e) {
-      if (container && container->status())
-        throw Error(fmt::format("'{}': the VM ended (status {}) during the request: {}", argv.front(),
-                                *container->status(), e.what()));
+      if (auto status = c ? c->status() : std::nullopt)
+        throw Error(fmt::format("'{}': the VM ended (status {}) during the request: {}", argv.front(), *status,
+                                e.what()));
       throw;
     }
   }
@@ -150,22 +169,24 @@ Vm Vm::start(const Image& image, const VmConfig& config) {
   spec.boot_timeout = config.boot_timeout;
   impl->dir = make_vm_dir();
   // On failure ~Impl removes the directory.
-  impl->container = std::make_unique<runtime::ContainerVm>(spec, impl->dir);
+  impl->container = std::make_shared<runtime::ContainerVm>(spec, impl->dir);
   return Vm(std::move(impl));
 }
 
 ExecResult Vm::exec(const std::vector<std::string>& argv, const ExecOptions& options) {
   Impl& i = impl();
   agent::ExecRequest req = i.request(argv, options);
+  std::shared_ptr<runtime::ContainerVm> vm;
   try {
-    agent::ExecResult r = i.vm().client().exec(std::move(req), options.stdin_data);
+    vm = i.vm();
+    agent::ExecResult r = vm->client().exec(std::move(req), options.stdin_data);
     ExecResult out;
     static_cast<ExecStatus&>(out) = status_of(r.status, r.duration);
     out.out = std::move(r.out);
     out.err = std::move(r.err);
     return out;
   } catch (...) {
-    i.rethrow(argv);
+    Impl::rethrow(argv, vm.get());
   }
 }
 
@@ -178,20 +199,22 @@ ExecStatus Vm::exec_stream(const std::vector<std::string>& argv, const ExecStrea
   sio.stdin_source = io.stdin_source;
   sio.on_stdout = io.on_stdout;
   sio.on_stderr = io.on_stderr;
+  std::shared_ptr<runtime::ContainerVm> vm;
   try {
     auto start = Clock::now();
-    agent::ExecSession session = i.vm().client().start(req);
+    vm = i.vm();
+    agent::ExecSession session = vm->client().start(req);
     agent::ExitStatus s = session.wait(std::move(sio));
     return status_of(s, Clock::now() - start);
   } catch (...) {
-    i.rethrow(argv);
+    Impl::rethrow(argv, vm.get());
   }
 }
 
 void Vm::write_file(const std::string& path, std::string_view data, std::uint32_t mode) {
   if (path.empty() || path.front() != '/') throw Error(fmt::format("write_file: '{}' is not an absolute path", path));
   try {
-    impl().vm().client().write_file(path, data, mode, /*make_parents=*/true);
+    impl().vm()->client().write_file(path, data, mode, /*make_parents=*/true);
   } catch (const Error& e) {
     throw Error(fmt::format("cannot write {} in the VM: {}", path, e.what()));
   }
@@ -200,7 +223,7 @@ void Vm::write_file(const std::string& path, std::string_view data, std::uint32_
 std::string Vm::read_file(const std::string& path) {
   if (path.empty() || path.front() != '/') throw Error(fmt::format("read_file: '{}' is not an absolute path", path));
   try {
-    return impl().vm().client().read_file(path);
+    return impl().vm()->client().read_file(path);
   } catch (const Error& e) {
     throw Error(fmt::format("cannot read {} in the VM: {}", path, e.what()));
   }
@@ -210,13 +233,16 @@ void Vm::stop() {
   if (impl_) impl_->stop();
 }
 
-bool Vm::running() const { return impl_ && impl_->container && !impl_->container->status(); }
+bool Vm::running() const {
+  auto c = impl_ ? impl_->current() : nullptr;
+  return c && !c->status();
+}
 
 const fs::path& Vm::dir() const { return impl().dir; }
 
 std::string Vm::console_tail(std::size_t max_bytes) const {
-  Impl& i = impl();
-  return i.container ? i.container->console_tail(max_bytes) : std::string();
+  auto c = impl().current();
+  return c ? c->console_tail(max_bytes) : std::string();
 }
 
 }  // namespace sm

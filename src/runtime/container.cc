@@ -168,10 +168,7 @@ int ContainerVm::power_off(int status) {
   return wait();
 }
 
-std::optional<int> ContainerVm::status() const {
-  if (final_status_) return final_status_;
-  return machine_->status();
-}
+std::optional<int> ContainerVm::status() const { return machine_->status(); }
 
 std::string ContainerVm::console_tail(size_t max_bytes) const {
   std::ifstream in(console_path_, std::ios::binary);

@@ -75,14 +75,15 @@ class ContainerVm {
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
   [[nodiscard]] const agent::HelloReply& hello() const { return hello_; }
 
-  // Blocks until the VM has ended (its main process ended, or stop()); returns its status.
+  // Blocks until the VM has ended (its main process ended, or stop()); returns its status. Its
+  // vsock connections are closed then, so clients blocked on them see EOF. One thread at a time.
   int wait();
-  // Ends the VM now with `status`, without asking the guest. Non-blocking.
+  // Ends the VM now with `status`, without asking the guest. Non-blocking; any thread.
   void stop(int status);
   // Asks the agent to stop everything and power off with `status`; falls back to stop() when
   // the agent cannot be reached. Then waits; returns the VM's status.
   int power_off(int status);
-  // The VM's status once it is ending; nullopt while it runs.
+  // The VM's status once it is ending; nullopt while it runs. Any thread.
   [[nodiscard]] std::optional<int> status() const;
   // The last `max_bytes` of the guest console, for error messages.
   [[nodiscard]] std::string console_tail(size_t max_bytes = 2000) const;

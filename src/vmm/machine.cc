@@ -390,6 +390,11 @@ int Machine::wait() {
   }
   join_all();
   restore_host_state();
+  if (!devices_stopped_) {
+    // A host process blocked on a vsock connection gets EOF now, not when this is destroyed.
+    for (auto& t : transports_) t->device().on_machine_stopped();
+    devices_stopped_ = true;
+  }
   std::lock_guard lock(stop_mu_);
   return *status_;
 }

@@ -114,6 +114,7 @@ class Machine {
   std::vector<std::thread> vcpu_threads_;
   bool started_ = false;
   bool joined_ = false;
+  bool devices_stopped_ = false;  // on_machine_stopped() called
 
   std::atomic<bool> stopping_{false};
   mutable std::mutex stop_mu_;

@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -283,6 +284,41 @@ TEST(ApiVm, ConfigAndStopAndNothingLeftBehind) {
   EXPECT_TRUE(entries(g_dirs.tmp).empty());
   EXPECT_EQ(count_entries("/proc/self/fd"), fds);
   EXPECT_EQ(count_entries("/proc/self/task"), threads);
+}
+
+// stop() from another thread (a watchdog) ends the requests in flight instead of waiting for them.
+TEST(ApiVm, StopFromAnotherThreadEndsRequestsInFlight) {
+  sm::Image image = sm::Image::load(g_layout, "busybox");
+  sm::Vm vm = sm::Vm::start(image);
+  std::atomic<bool> started = false;
+  std::optional<std::string> exec_error, stream_error;
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread a([&] {
+    try {
+      (void)vm.exec({"sleep", "600"});
+    } catch (const sm::Error& e) {
+      exec_error = e.what();
+    }
+  });
+  std::thread b([&] {
+    sm::ExecStream io;
+    io.on_stdout = [&](std::string_view s) { started = started || s.find("started") != s.npos; };
+    try {
+      (void)vm.exec_stream({"sh", "-c", "echo started; sleep 600"}, io);
+    } catch (const sm::Error& e) {
+      stream_error = e.what();
+    }
+  });
+  for (int i = 0; i < 1200 && !started; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(started);
+  vm.stop();
+  a.join();
+  b.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 120s);
+  EXPECT_FALSE(vm.running());
+  EXPECT_TRUE(exec_error.has_value()) << "exec of sleep 600 returned normally";
+  ASSERT_TRUE(stream_error.has_value()) << "exec_stream of sleep 600 returned normally";
+  EXPECT_NE(stream_error->find("the VM ended"), std::string::npos) << *stream_error;
 }
 
 TEST(ApiVm, BadConfigFailsBeforeBooting) {

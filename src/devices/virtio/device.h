@@ -100,6 +100,10 @@ class VirtioDevice {
   void notify_queue(uint16_t q);
   // The driver wrote 0 to Status: stop all work, drop the queues, back to pre-activation.
   void reset();
+  // Not by the transport, and it takes mutex() itself: the machine has stopped and its threads
+  // are joined, so let go of what host processes may be waiting on (vsock's connections and
+  // listening socket). Called once, by Machine::wait().
+  virtual void on_machine_stopped() {}
 
   [[nodiscard]] bool active() const { return active_; }
   [[nodiscard]] bool needs_reset() const { return needs_reset_; }

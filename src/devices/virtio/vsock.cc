@@ -195,10 +195,14 @@ Vsock::Vsock(EventLoop& loop, uint64_t guest_cid, std::string uds_path, uint16_t
   put_le<uint64_t>(config_, 0, guest_cid_);
 }
 
-Vsock::~Vsock() {
+Vsock::~Vsock() { on_machine_stopped(); }
+
+void Vsock::on_machine_stopped() {
   std::lock_guard lock(mutex());
   close_all();
+  if (!listener_) return;
   loop_.remove(listener_.get());
+  listener_.reset();
   ::unlink(uds_path_.c_str());
 }
 

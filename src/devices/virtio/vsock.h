@@ -102,6 +102,8 @@ class Vsock final : public VirtioDevice, public std::enable_shared_from_this<Vso
   // Tells the guest all connections are gone (after a snapshot restore), when an event buffer
   // is available. Closes every host connection. Takes the device mutex.
   void send_transport_reset();
+  // Closes every connection (the host sides get EOF) and the listening socket.
+  void on_machine_stopped() override;
 
  protected:
   void on_activate() override;

@@ -601,6 +601,17 @@ TEST_F(VsockTest, DeviceResetClosesHostConnections) {
   EXPECT_TRUE(host_sees_eof(fd.get()));
 }
 
+TEST_F(VsockTest, MachineStopClosesConnectionsAndTheListener) {
+  post_rx(8);
+  auto [fd, host_port] = host_connect(5000);
+  ASSERT_TRUE(fd);
+  dev_->on_machine_stopped();
+  EXPECT_EQ(dev_->connection_count(), 0u);
+  EXPECT_TRUE(host_sees_eof(fd.get()));
+  EXPECT_FALSE(std::filesystem::exists(path_));  // new clients fail at once, not hang
+  dev_->on_machine_stopped();                     // and again (the destructor does) is harmless
+}
+
 TEST_F(VsockTest, TransportResetEvent) {
   auto ev = evq_.writable(4);
   mem_.write_obj<uint32_t>(ev.addr, 0xffffffff);
