@@ -7,8 +7,12 @@
 // (SUPERMACHINE_RUNTIME_DIR) and TMPDIR, all in one temporary directory, so the tests can check
 // exactly what the runtime leaves behind.
 #include <dirent.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -137,6 +141,10 @@ TEST_F(RunTest, RuntimeFailuresExitLikeDocker) {
   EXPECT_EQ(not_exec.status, 126) << describe(not_exec);
   Result bad_memory = sm({"run", "--rm", "--memory", "lots", kBusybox, "true"});
   EXPECT_EQ(bad_memory.status, 125) << describe(bad_memory);
+  // The guest resetting under the workload (as a kernel panic does) is the runtime's failure.
+  Result reset = sm({"run", "--rm", kBusybox, "reboot", "-f"});
+  EXPECT_EQ(reset.status, 125) << describe(reset);
+  EXPECT_NE(reset.err.find("the guest reset"), std::string::npos) << describe(reset);
 }
 
 TEST_F(RunTest, StdinComesBackThroughCatByteExact) {
@@ -295,6 +303,62 @@ TEST_F(RunTest, CtrlCGoesToTheWorkload) {
   ::kill(p.pid(), SIGINT);
   EXPECT_EQ(p.wait(60s), 3) << p.err();
   EXPECT_EQ(p.out(), "ready\ngot-INT\n");
+}
+
+// -i -t on a real terminal (a pty this test holds the master of): the main process runs on a
+// guest pty of the terminal's size, follows a resize, reads typed input, and its status is ours.
+TEST_F(RunTest, TtyFollowsTheTerminalsSizeAndInput) {
+  int master = -1;
+  winsize ws{};
+  ws.ws_row = 30;
+  ws.ws_col = 100;
+  pid_t pid = ::forkpty(&master, nullptr, nullptr, &ws);
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {
+    ::execl(SM_BINARY, SM_BINARY, "run", "--rm", "-i", "-t", kBusybox.c_str(), "sh", "-c",
+            "tty; stty size; while read l; do [ \"$l\" = q ] && exit 3; stty size; done", nullptr);
+    ::_exit(127);
+  }
+  std::string out;
+  // Reads what the terminal shows until `needle` appears; false at EOF (EIO once the child is
+  // gone) or at the deadline.
+  auto read_until = [&](const std::string& needle, std::chrono::seconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (out.find(needle) == std::string::npos) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{master, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000))) <= 0) continue;
+      char buf[4096];
+      ssize_t n = ::read(master, buf, sizeof buf);
+      if (n <= 0) return false;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  };
+  EXPECT_TRUE(read_until("30 100", kDeadline)) << out;
+  EXPECT_NE(out.find("/dev/pts/"), std::string::npos) << out;
+  ws.ws_row = 40;
+  ws.ws_col = 120;
+  ASSERT_EQ(::ioctl(master, TIOCSWINSZ, &ws), 0);  // SIGWINCH to supermachine
+  // The resize travels apart from the input; ask again until the guest has it.
+  bool resized = false;
+  for (int i = 0; i < 30 && !resized; ++i) {
+    ASSERT_EQ(::write(master, "\r", 1), 1);
+    resized = read_until("40 120", 1s);
+  }
+  EXPECT_TRUE(resized) << out;
+  ASSERT_EQ(::write(master, "q\r", 2), 2);
+  read_until("\x01never\x01", 60s);  // until EOF: the child has exited
+  int status = 0;
+  for (int i = 0; i < 600 && ::waitpid(pid, &status, WNOHANG) == 0; ++i) std::this_thread::sleep_for(100ms);
+  if (::waitpid(pid, &status, WNOHANG) == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    ADD_FAILURE() << "run -t did not exit; the terminal showed:\n" << out;
+  }
+  ::close(master);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << "status " << status << "\n" << out;
 }
 
 TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
