@@ -147,15 +147,18 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
   int vm_status = vm->wait();
   if (!code) {
     // Without the main process's own status the VM's stands in: a power-off's (137 from kill),
-    // or for a reset (status 0) the runtime's failure, never a success.
-    code = vm_status == 0 ? kExitRuntimeError : vm_status;
-    if (!a.detach && vm_status == 0) {
-      // A reset: the guest kernel panicked (it reboots), or something inside rebooted it.
-      std::string tail = vm->console_tail(1500);
-      std::fprintf(stderr,
-                   "supermachine run: the VM ended before its main process reported an exit status (the guest "
-                   "reset: a kernel panic or a reboot from inside)%s%s\n",
-                   tail.empty() ? "" : "; the end of the guest console:\n", tail.c_str());
+    // or for a reset (status 0: the guest kernel panicked, or something inside rebooted it) the
+    // runtime's failure, never a success.
+    code = vm_status;
+    if (vm_status == 0) {
+      code = kExitRuntimeError;
+      if (!a.detach) {
+        std::string tail = vm->console_tail(1500);
+        std::fprintf(stderr,
+                     "supermachine run: the VM ended before its main process reported an exit status (the guest "
+                     "reset: a kernel panic or a reboot from inside)%s%s\n",
+                     tail.empty() ? "" : "; the end of the guest console:\n", tail.c_str());
+      }
     }
   }
   vm.reset();

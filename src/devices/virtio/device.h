@@ -102,7 +102,7 @@ class VirtioDevice {
   void reset();
   // Not by the transport, and it takes mutex() itself: the machine has stopped and its threads
   // are joined, so let go of what host processes may be waiting on (vsock's connections and
-  // listening socket). Called once, by Machine::wait().
+  // listening socket). Machine::wait() calls it once; a second call must be harmless.
   virtual void on_machine_stopped() {}
 
   [[nodiscard]] bool active() const { return active_; }
