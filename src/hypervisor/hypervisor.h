@@ -27,6 +27,8 @@ class GuestMemory;
 namespace sm::x86 {
 struct BootCpuState;
 struct CpuidEntry;
+struct VcpuState;
+struct PlatformState;
 }  // namespace sm::x86
 
 namespace sm::hv {
@@ -92,6 +94,22 @@ class Vcpu {
   // LINT0 as ExtINT (the legacy PIC's output) and LINT1 as NMI, as the MP spec's virtual wire
   // mode expects (Intel MP spec 1.4, 3.6.2.2); needs the in-kernel irqchip.
   virtual void setup_lapic_lints() = 0;
+
+  // ---- snapshots (x86_64). Call only while no thread is in run(). ----
+  // Completes an MMIO/PIO exit the VMM has handled but the guest has not seen yet: one entry
+  // with the "exit at once" flag set (KVM: KVM_RUN under immediate_exit), so the guest's
+  // registers hold the access's result before they are read, and nothing is replayed on
+  // restore. Returns exit::Interrupted when done; any other exit is a further access the
+  // instruction needs (a string I/O's next chunk): handle it and call again.
+  [[nodiscard]] virtual Exit finish_pending_io() = 0;
+  // Reads every piece of the vCPU's state (registers, FPU/XSAVE, XCRs, every saveable MSR,
+  // LAPIC, events, MP state, debug registers, TSC frequency, the CPUID it was given).
+  [[nodiscard]] virtual x86::VcpuState save_state() = 0;
+  // Loads a saved state into a freshly created vCPU, in the order the hardware needs (CPUID,
+  // MP state, registers and MMU state, XSAVE/XCRs, debug registers, LAPIC, then MSRs so the
+  // TSC deadline lands on an APIC in that mode, then events). Throws sm::Error naming the
+  // piece the backend refused.
+  virtual void restore_state(const x86::VcpuState& state) = 0;
 #endif
 };
 
@@ -114,6 +132,12 @@ class Vm {
   // long as the Vm; the caller owns the fd and reads it from the event loop.
   [[nodiscard]] virtual UniqueFd ioeventfd(uint64_t addr, uint32_t len,
                                            std::optional<uint64_t> datamatch) = 0;
+#if defined(__x86_64__)
+  // The in-kernel PICs, IOAPIC, PIT and paravirtual clock. Call with every vCPU out of run().
+  [[nodiscard]] virtual x86::PlatformState save_platform() = 0;
+  // Into a VM whose irqchip exists; before its vCPUs restore their state.
+  virtual void restore_platform(const x86::PlatformState& state) = 0;
+#endif
 };
 
 // ---- Hypervisor --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ struct CpuidEntry {
   uint32_t index = 0;  // sub-leaf (ECX input)
   uint32_t flags = 0;  // backend-specific (KVM: KVM_CPUID_FLAG_SIGNIFCANT_INDEX...), kept as given
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+  bool operator==(const CpuidEntry&) const = default;
 };
 
 // Adjusts entries in place for vCPU vcpu_index of num_cpus (one thread per core, one socket):

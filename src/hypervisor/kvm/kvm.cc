@@ -13,30 +13,22 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <system_error>
 #include <vector>
 
 #include "arch/x86_64/boot_cpu.h"
+#include "arch/x86_64/cpu_state.h"
 #include "arch/x86_64/cpuid.h"
 #include "arch/x86_64/layout.h"
 #include "common/error.h"
+#include "hypervisor/kvm/kvm_state.h"
 #include "vmm/guest_memory.h"
 
 namespace sm::hv::kvm {
 namespace {
-
-// ioctl that retries when a signal interrupted it before it did anything (KVM_RUN is not
-// called through this: its EINTR is a result, not a hiccup).
-template <class Arg>
-int xioctl(int fd, unsigned long req, Arg arg) {
-  int r;
-  do {
-    r = ::ioctl(fd, req, arg);
-  } while (r < 0 && errno == EINTR);
-  return r;
-}
 
 const char* const kNestedHint =
     "to run guests on this machine anyway, run supermachine inside the nested-KVM harness: "
@@ -59,13 +51,38 @@ constexpr std::array kRequiredCaps = {
 };
 
 // ---- kicking vCPUs ----------------------------------------------------------------------------
-// kick() sends kKickSignal to the thread in run(). Its handler sets immediate_exit in that
-// thread's kvm_run, so a signal landing just before KVM_RUN still makes KVM_RUN return at once
-// (api.rst, "immediate_exit"); one landing during KVM_RUN interrupts it with EINTR.
+// The kick signal is SIGRTMIN. The first run() of any vCPU installs its handler process-wide
+// and unblocks it on each thread that runs a vCPU. kick() sends it to the thread in run(); the
+// handler sets immediate_exit in that thread's kvm_run, so a signal landing just before KVM_RUN
+// still makes KVM_RUN return at once (api.rst, "immediate_exit"); one landing during KVM_RUN
+// interrupts it with EINTR.
+//
+// For an embedding program: SIGRTMIN belongs to supermachine on the threads that run vCPUs
+// (they keep tls_run set for the rest of their life). If the program had its own SIGRTMIN
+// handler when the first vCPU ran, ours chains to it for the signal on every other thread
+// (tls_run == nullptr), with the same signo/siginfo/context; that handler's own sa_mask and
+// SA_RESETHAND/SA_NODEFER flags are not reapplied. A handler the program installs for SIGRTMIN
+// after the first vCPU ran replaces ours and breaks kick(): chain to the one it replaces.
 thread_local kvm_run* tls_run = nullptr;
 
-void on_kick_signal(int) {
-  if (tls_run) tls_run->immediate_exit = 1;
+// The handler that was installed for the kick signal before ours, when it was a function;
+// written once, before our handler is installed, and published through chain_previous_kick.
+struct sigaction previous_kick_action {};
+std::atomic<bool> chain_previous_kick{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "read from a signal handler");
+
+void on_kick_signal(int sig, siginfo_t* info, void* context) {
+  if (tls_run) {
+    tls_run->immediate_exit = 1;
+    return;
+  }
+  if (!chain_previous_kick.load(std::memory_order_acquire)) return;
+  const struct sigaction& prev = previous_kick_action;
+  if (prev.sa_flags & SA_SIGINFO) {
+    if (prev.sa_sigaction) prev.sa_sigaction(sig, info, context);
+  } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler) {
+    prev.sa_handler(sig);
+  }
 }
 
 int kick_signal() { return SIGRTMIN; }
@@ -73,11 +90,20 @@ int kick_signal() { return SIGRTMIN; }
 void install_kick_handler() {
   static std::once_flag once;
   std::call_once(once, [] {
+    struct sigaction prev {};
+    if (::sigaction(kick_signal(), nullptr, &prev) != 0) throw sys_error("sigaction(SIGRTMIN) query");
+    const bool is_function = (prev.sa_flags & SA_SIGINFO)
+                                 ? prev.sa_sigaction != nullptr
+                                 : prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN;
+    if (is_function) {
+      previous_kick_action = prev;
+      chain_previous_kick.store(true, std::memory_order_release);
+    }
     struct sigaction sa {};
-    sa.sa_handler = on_kick_signal;
+    sa.sa_sigaction = on_kick_signal;
     sigemptyset(&sa.sa_mask);
     // Other system calls on a vCPU thread (writing the console) restart; KVM_RUN never does.
-    sa.sa_flags = SA_RESTART;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     if (::sigaction(kick_signal(), &sa, nullptr) != 0) throw sys_error("sigaction(SIGRTMIN)");
   });
 }
@@ -130,28 +156,11 @@ const char* internal_suberror_name(uint32_t sub) {
   }
 }
 
-kvm_segment to_kvm(const x86::Segment& s) {
-  kvm_segment k{};
-  k.base = s.base;
-  k.limit = s.limit;
-  k.selector = s.selector;
-  k.type = s.type;
-  k.present = s.present;
-  k.dpl = s.dpl;
-  k.db = s.db;
-  k.s = s.s;
-  k.l = s.l;
-  k.g = s.g;
-  k.avl = s.avl;
-  k.unusable = s.unusable;
-  return k;
-}
-
 // ---- vCPU ------------------------------------------------------------------------------------
 class KvmVcpu : public Vcpu {
  public:
-  KvmVcpu(uint32_t id, UniqueFd fd, size_t run_size)
-      : id_(id), fd_(std::move(fd)), run_size_(run_size) {
+  KvmVcpu(uint32_t id, UniqueFd fd, size_t run_size, VcpuStateConfig state_config)
+      : id_(id), fd_(std::move(fd)), run_size_(run_size), state_config_(std::move(state_config)) {
     void* p = ::mmap(nullptr, run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (p == MAP_FAILED) throw sys_error(fmt::format("mapping kvm_run of vCPU {}", id_));
     run_ = static_cast<kvm_run*>(p);
@@ -238,36 +247,14 @@ class KvmVcpu : public Vcpu {
   }
 
   void set_cpuid(std::span<const x86::CpuidEntry> entries) override {
-    std::vector<std::byte> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    c->nent = static_cast<uint32_t>(entries.size());
-    for (size_t i = 0; i < entries.size(); ++i) {
-      auto& k = c->entries[i];
-      k.function = entries[i].function;
-      k.index = entries[i].index;
-      k.flags = entries[i].flags;
-      k.eax = entries[i].eax;
-      k.ebx = entries[i].ebx;
-      k.ecx = entries[i].ecx;
-      k.edx = entries[i].edx;
-    }
-    if (xioctl(fd_.get(), KVM_SET_CPUID2, c) != 0)
-      throw sys_error(fmt::format("KVM_SET_CPUID2 on vCPU {}", id_));
+    kvm::set_cpuid(fd_.get(), id_, entries);
+    // Remembered for save_state(); which MSRs KVM reads can depend on the CPUID (the PMU's).
+    cpuid_.assign(entries.begin(), entries.end());
+    readable_msrs_.reset();
   }
 
   void set_msrs(std::span<const std::pair<uint32_t, uint64_t>> msrs) override {
-    std::vector<std::byte> buf(sizeof(kvm_msrs) + msrs.size() * sizeof(kvm_msr_entry));
-    auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-    m->nmsrs = static_cast<uint32_t>(msrs.size());
-    for (size_t i = 0; i < msrs.size(); ++i) {
-      m->entries[i].index = msrs[i].first;
-      m->entries[i].data = msrs[i].second;
-    }
-    // KVM_SET_MSRS returns how many it set; it stops at the first it refuses.
-    int n = xioctl(fd_.get(), KVM_SET_MSRS, m);
-    if (n < 0) throw sys_error("KVM_SET_MSRS");
-    if (static_cast<size_t>(n) != msrs.size())
-      throw Error(fmt::format("KVM_SET_MSRS: KVM refused MSR {:#x} on vCPU {}", msrs[n].first, id_));
+    kvm::set_msrs(fd_.get(), id_, msrs);
   }
 
   void setup_lapic_lints() override {
@@ -288,6 +275,49 @@ class KvmVcpu : public Vcpu {
     set_mode(kLvtLint0, kModeExtInt);
     set_mode(kLvtLint1, kModeNmi);
     if (xioctl(fd_.get(), KVM_SET_LAPIC, &lapic) != 0) throw sys_error("KVM_SET_LAPIC");
+  }
+
+  Exit finish_pending_io() override {
+    // One KVM_RUN with immediate_exit set: KVM first completes the access the last exit asked
+    // for (copies an MMIO/PIO read's data into the guest's registers, finishes the instruction),
+    // then sees immediate_exit and returns EINTR without entering the guest; or returns 0 with a
+    // new exit when the instruction needs another access (api.rst, "immediate_exit" and the
+    // KVM_EXIT_IO / KVM_EXIT_MMIO notes on completing an exit).
+    //
+    // This is not run(): the caller guarantees no run() is in progress, so thread_ stays empty
+    // (kick() has no thread to signal, and needs none: this entry does not wait), and a pending
+    // kick is left pending for the next run() to report.
+    {
+      std::lock_guard lock(kick_mu_);
+      run_->immediate_exit = 1;
+    }
+    int r = ::ioctl(fd_.get(), KVM_RUN, 0);
+    int err = errno;
+    {
+      std::lock_guard lock(kick_mu_);
+      // run() checks kick_pending_ before it enters, so clearing this loses no kick.
+      run_->immediate_exit = 0;
+    }
+    if (r < 0 && (err == EINTR || err == EAGAIN)) return exit::Interrupted{};
+    if (r < 0) throw sys_error(fmt::format("KVM_RUN (finishing pending I/O) on vCPU {}", id_), err);
+    return translate_exit();
+  }
+
+  x86::VcpuState save_state() override {
+    if (!readable_msrs_) {
+      if (!state_config_.msr_candidates) throw Error(fmt::format("vCPU {}: no MSR list to save", id_));
+      readable_msrs_ = probe_readable_msrs(fd_.get(), id_, *state_config_.msr_candidates);
+    }
+    x86::VcpuState s = save_vcpu_state(fd_.get(), id_, state_config_, *readable_msrs_);
+    s.cpuid = cpuid_.empty() ? get_cpuid(fd_.get(), id_) : cpuid_;
+    return s;
+  }
+
+  void restore_state(const x86::VcpuState& state) override {
+    // CPUID first: KVM checks much of what follows (XSAVE features, MSRs) against it.
+    if (state.cpuid.empty()) throw Error(fmt::format("restoring vCPU {}: the saved state has no CPUID", id_));
+    set_cpuid(state.cpuid);
+    restore_vcpu_state(fd_.get(), id_, state_config_, state);
   }
 
  private:
@@ -359,6 +389,9 @@ class KvmVcpu : public Vcpu {
   UniqueFd fd_;
   size_t run_size_;
   kvm_run* run_ = nullptr;
+  VcpuStateConfig state_config_;
+  std::vector<x86::CpuidEntry> cpuid_;                 // what set_cpuid() was given
+  std::optional<std::vector<uint32_t>> readable_msrs_;  // probed at the first save_state()
 
   std::mutex kick_mu_;
   bool kick_pending_ = false;              // guarded by kick_mu_
@@ -368,7 +401,8 @@ class KvmVcpu : public Vcpu {
 // ---- VM --------------------------------------------------------------------------------------
 class KvmVm : public Vm {
  public:
-  KvmVm(UniqueFd fd, size_t run_size) : fd_(std::move(fd)), run_size_(run_size) {
+  KvmVm(UniqueFd fd, size_t run_size, std::shared_ptr<const std::vector<uint32_t>> msr_candidates)
+      : fd_(std::move(fd)), run_size_(run_size), msr_candidates_(std::move(msr_candidates)) {
     // On Intel VMX, KVM needs three pages for a real-mode TSS and one for an identity page
     // table, inside guest-physical space but outside RAM (api.rst, KVM_SET_TSS_ADDR and
     // KVM_SET_IDENTITY_MAP_ADDR). The layout reserves them at the top of the MMIO hole.
@@ -403,7 +437,15 @@ class KvmVm : public Vm {
   std::unique_ptr<Vcpu> create_vcpu(uint32_t id) override {
     int fd = xioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id));
     if (fd < 0) throw sys_error(fmt::format("KVM_CREATE_VCPU {}", id));
-    return std::make_unique<KvmVcpu>(id, UniqueFd(fd), run_size_);
+    UniqueFd vcpu_fd(fd);
+    VcpuStateConfig cfg;
+    // The XSAVE size depends on the dynamic features this process may give guests
+    // (arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM)), fixed by the time vCPUs exist: asked per vCPU.
+    int xsave2 = xioctl(fd_.get(), KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    if (xsave2 > static_cast<int>(sizeof(kvm_xsave))) cfg.xsave_size = static_cast<size_t>(xsave2);
+    cfg.has_xcrs = xioctl(fd_.get(), KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
+    cfg.msr_candidates = msr_candidates_;
+    return std::make_unique<KvmVcpu>(id, std::move(vcpu_fd), run_size_, std::move(cfg));
   }
 
   std::unique_ptr<Interrupt> irq(uint32_t gsi) override {
@@ -439,9 +481,14 @@ class KvmVm : public Vm {
     return efd;
   }
 
+  x86::PlatformState save_platform() override { return save_platform_state(fd_.get()); }
+
+  void restore_platform(const x86::PlatformState& state) override { restore_platform_state(fd_.get(), state); }
+
  private:
   UniqueFd fd_;
   size_t run_size_;
+  std::shared_ptr<const std::vector<uint32_t>> msr_candidates_;
   uint32_t next_slot_ = 0;
 };
 
@@ -452,6 +499,8 @@ class KvmHypervisor : public Hypervisor {
     int size = xioctl(fd_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
     if (size < static_cast<int>(sizeof(kvm_run))) throw sys_error("KVM_GET_VCPU_MMAP_SIZE");
     run_size_ = static_cast<size_t>(size);
+    // The MSRs a snapshot saves, fetched once (KVM_GET_MSR_INDEX_LIST is a /dev/kvm ioctl).
+    msr_candidates_ = std::make_shared<const std::vector<uint32_t>>(msr_candidates(fd_.get()));
   }
 
   std::string name() const override { return "kvm"; }
@@ -466,7 +515,7 @@ class KvmHypervisor : public Hypervisor {
   std::unique_ptr<Vm> create_vm() override {
     int fd = xioctl(fd_.get(), KVM_CREATE_VM, 0);
     if (fd < 0) throw sys_error("KVM_CREATE_VM");
-    return std::make_unique<KvmVm>(UniqueFd(fd), run_size_);
+    return std::make_unique<KvmVm>(UniqueFd(fd), run_size_, msr_candidates_);
   }
 
   std::vector<x86::CpuidEntry> supported_cpuid() override {
@@ -493,6 +542,7 @@ class KvmHypervisor : public Hypervisor {
  private:
   UniqueFd fd_;
   size_t run_size_ = 0;
+  std::shared_ptr<const std::vector<uint32_t>> msr_candidates_;
 };
 
 }  // namespace
