@@ -1,6 +1,9 @@
 #include "devices/i8042.h"
 
 #include <cstring>
+#include <string>
+
+#include "snapshot/codec.h"
 
 namespace sm::devices {
 
@@ -42,10 +45,72 @@ constexpr uint8_t kAuxTestClockStuck = 0x02;  // "no mouse here": Linux then dro
 constexpr uint8_t kDeviceNak = 0xfe;
 constexpr uint8_t kOutputPortReset = 0x01;  // output port bit 0 drives the CPU reset line (low)
 
+// The commands write() leaves pending for a data byte.
+bool takes_data_byte(uint8_t cmd) {
+  return cmd == kCmdWriteCtr || cmd == kCmdWriteOutputPort || cmd == kCmdWriteKbdOutput ||
+         cmd == kCmdWriteAuxOutput || cmd == kCmdWriteAux;
+}
+
+std::optional<std::string> check_state(const I8042State& s) {
+  if (s.pending_command && !takes_data_byte(*s.pending_command))
+    return fmt::format("i8042 pending command {:#04x} takes no data byte", *s.pending_command);
+  if (s.timeout && !s.output) return "i8042 timeout bit set with an empty output buffer";
+  return std::nullopt;
+}
+
+void save_optional(snapshot::Encoder& e, std::optional<uint8_t> v) {
+  e.boolean(v.has_value());
+  e.u8(v.value_or(0));
+}
+
+std::optional<uint8_t> load_optional(snapshot::Decoder& d) {
+  bool present = d.boolean();
+  uint8_t v = d.u8();
+  if (!present && v != 0) d.fail("i8042: an absent byte holds a value");
+  return present ? std::optional<uint8_t>(v) : std::nullopt;
+}
+
 }  // namespace
+
+void save(snapshot::Encoder& e, const I8042State& s) {
+  e.u8(s.command_byte);
+  e.u8(s.output_port);
+  save_optional(e, s.pending_command);
+  save_optional(e, s.output);
+  e.boolean(s.timeout);
+  e.boolean(s.last_write_was_command);
+}
+
+I8042State load_i8042_state(snapshot::Decoder& d) {
+  I8042State s;
+  s.command_byte = d.u8();
+  s.output_port = d.u8();
+  s.pending_command = load_optional(d);
+  s.output = load_optional(d);
+  s.timeout = d.boolean();
+  s.last_write_was_command = d.boolean();
+  if (auto why = check_state(s)) d.fail(*why);
+  return s;
+}
 
 I8042::I8042(std::shared_ptr<Interrupt> interrupt, std::function<void()> on_reset)
     : interrupt_(std::move(interrupt)), on_reset_(std::move(on_reset)) {}
+
+I8042::I8042(std::shared_ptr<Interrupt> interrupt, std::function<void()> on_reset, const I8042State& state)
+    : I8042(std::move(interrupt), std::move(on_reset)) {
+  if (auto why = check_state(state)) throw snapshot::SnapshotError(*why);
+  command_byte_ = state.command_byte;
+  output_port_ = state.output_port;
+  pending_command_ = state.pending_command;
+  output_ = state.output;
+  timeout_ = state.timeout;
+  last_write_was_command_ = state.last_write_was_command;
+}
+
+I8042State I8042::save_state() const {
+  std::lock_guard lock(mu_);
+  return I8042State{command_byte_, output_port_, pending_command_, output_, timeout_, last_write_was_command_};
+}
 
 void I8042::read(uint64_t offset, std::span<std::byte> data) {
   if (data.empty()) return;

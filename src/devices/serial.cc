@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
+
+#include "snapshot/codec.h"
 
 namespace sm::devices {
 
@@ -44,10 +47,69 @@ constexpr uint8_t kLsrTemt = 0x40;  // transmitter empty
 
 constexpr uint8_t kMsrCts = 0x10, kMsrDsr = 0x20, kMsrRi = 0x40, kMsrDcd = 0x80;
 
+// Why a state cannot be a UART's, or nullopt when it can: every register as the device itself
+// would store it, and no more input than it would queue.
+std::optional<std::string> check_state(const SerialState& s) {
+  if (s.ier & ~kIerMask) return fmt::format("serial IER {:#04x} has reserved bits set", s.ier);
+  if (s.mcr & ~kMcrMask) return fmt::format("serial MCR {:#04x} has reserved bits set", s.mcr);
+  if (s.fcr & ~kFcrStored) return fmt::format("serial FCR {:#04x} holds bits that self-clear", s.fcr);
+  if (s.rx.size() > Serial::kMaxPendingInput)
+    return fmt::format("serial input of {} bytes exceeds the {}-byte FIFO", s.rx.size(), Serial::kMaxPendingInput);
+  return std::nullopt;
+}
+
 }  // namespace
+
+void save(snapshot::Encoder& e, const SerialState& s) {
+  for (uint8_t r : {s.ier, s.lcr, s.mcr, s.scr, s.fcr, s.dll, s.dlm}) e.u8(r);
+  e.boolean(s.thr_interrupt_pending);
+  e.boolean(s.lsr_overrun);
+  e.bytes(s.rx);
+}
+
+SerialState load_serial_state(snapshot::Decoder& d) {
+  SerialState s;
+  for (uint8_t* r : {&s.ier, &s.lcr, &s.mcr, &s.scr, &s.fcr, &s.dll, &s.dlm}) *r = d.u8();
+  s.thr_interrupt_pending = d.boolean();
+  s.lsr_overrun = d.boolean();
+  s.rx = d.bytes(Serial::kMaxPendingInput);
+  if (auto why = check_state(s)) d.fail(*why);
+  return s;
+}
 
 Serial::Serial(std::shared_ptr<Interrupt> interrupt, Sink sink)
     : interrupt_(std::move(interrupt)), sink_(std::move(sink)) {}
+
+Serial::Serial(std::shared_ptr<Interrupt> interrupt, Sink sink, const SerialState& state)
+    : Serial(std::move(interrupt), std::move(sink)) {
+  if (auto why = check_state(state)) throw snapshot::SnapshotError(*why);
+  rx_.assign(state.rx.begin(), state.rx.end());
+  ier_ = state.ier;
+  lcr_ = state.lcr;
+  mcr_ = state.mcr;
+  scr_ = state.scr;
+  fcr_ = state.fcr;
+  dll_ = state.dll;
+  dlm_ = state.dlm;
+  thr_interrupt_pending_ = state.thr_interrupt_pending;
+  lsr_overrun_ = state.lsr_overrun;
+}
+
+SerialState Serial::save_state() const {
+  std::lock_guard lock(mu_);
+  SerialState s;
+  s.ier = ier_;
+  s.lcr = lcr_;
+  s.mcr = mcr_;
+  s.scr = scr_;
+  s.fcr = fcr_;
+  s.dll = dll_;
+  s.dlm = dlm_;
+  s.thr_interrupt_pending = thr_interrupt_pending_;
+  s.lsr_overrun = lsr_overrun_;
+  s.rx.assign(rx_.begin(), rx_.end());
+  return s;
+}
 
 uint8_t Serial::iir_locked() const {
   // Priority order of the 16550: line status, received data, THR empty, modem status. We

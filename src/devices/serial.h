@@ -17,11 +17,39 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "vmm/bus.h"
 #include "vmm/interrupt.h"
 
+namespace sm::snapshot {
+class Encoder;
+class Decoder;
+}  // namespace sm::snapshot
+
 namespace sm::devices {
+
+// Everything a Serial holds, for snapshots (save_state() and the restoring constructor). Plain
+// data; the register fields hold what the guest would read back (reserved bits clear).
+struct SerialState {
+  uint8_t ier = 0;
+  uint8_t lcr = 0;
+  uint8_t mcr = 0;
+  uint8_t scr = 0;
+  uint8_t fcr = 0;
+  uint8_t dll = 0x0c;
+  uint8_t dlm = 0;
+  bool thr_interrupt_pending = false;  // the latched THRE interrupt
+  bool lsr_overrun = false;
+  std::vector<std::byte> rx;  // input the guest has not read yet, at most Serial::kMaxPendingInput
+
+  bool operator==(const SerialState&) const = default;
+};
+
+// Snapshot encoding. load_serial_state throws snapshot::SnapshotError for a truncated or invalid
+// state (it does not call Decoder::finish(): the caller owns the section).
+void save(snapshot::Encoder& e, const SerialState& s);
+[[nodiscard]] SerialState load_serial_state(snapshot::Decoder& d);
 
 class Serial : public IoHandler {
  public:
@@ -32,6 +60,12 @@ class Serial : public IoHandler {
 
   // interrupt may be null (no IRQ wired, polling only); sink may be empty (output discarded).
   Serial(std::shared_ptr<Interrupt> interrupt, Sink sink);
+  // Restore: a UART in exactly the saved state. Throws snapshot::SnapshotError when the state is
+  // invalid. Raises no interrupt: a pending one is part of the interrupt controller's state.
+  Serial(std::shared_ptr<Interrupt> interrupt, Sink sink, const SerialState& state);
+
+  // For snapshots, with the vCPUs paused (takes the lock, so any thread may call it).
+  [[nodiscard]] SerialState save_state() const;
 
   void read(uint64_t offset, std::span<std::byte> data) override;
   void write(uint64_t offset, std::span<const std::byte> data) override;

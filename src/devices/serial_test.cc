@@ -3,9 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "snapshot/codec.h"
 
 namespace sm::devices {
 namespace {
@@ -200,6 +203,118 @@ TEST(Serial, ConcurrentOutputAndInputKeepEveryByte) {
     ++left;
   }
   EXPECT_EQ(received + left, kPerThread);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+std::vector<std::byte> encode(const SerialState& s) {
+  snapshot::Encoder e;
+  save(e, s);
+  return e.take();
+}
+
+SerialState decode(std::span<const std::byte> data) {
+  snapshot::Decoder d(data, "serial");
+  SerialState s = load_serial_state(d);
+  d.finish();
+  return s;
+}
+
+// Drives the UART as Linux's console would (divisor, 8N1, FIFOs, interrupts on), leaves input
+// pending and the THRE interrupt latched, then restores a second UART from the encoded state:
+// from there both answer every register read alike.
+TEST_F(SerialTest, SnapshotRoundTripBehavesIdentically) {
+  out(LCR, 0x80);
+  out(DLL, 0x01);
+  out(DLM, 0x00);
+  out(LCR, 0x03);
+  out(FCR, 0x07);  // enable + clear both FIFOs: only the enable bit stays
+  out(MCR, 0x0b);  // DTR | RTS | OUT2
+  out(SCR, 0x5a);
+  out(IER, 0x03);  // RDI | THRI: latches THRE
+  feed("hello");
+  out(THR, '!');   // THRE latched again after a byte
+
+  const SerialState saved = uart.save_state();
+  EXPECT_EQ(saved.rx.size(), 5u);
+  EXPECT_TRUE(saved.thr_interrupt_pending);
+  auto irq2 = std::make_shared<CountingInterrupt>();
+  std::string output2;
+  const SerialState decoded = decode(encode(saved));
+  EXPECT_EQ(decoded, saved);
+  Serial restored(irq2, [&](std::span<const std::byte> b) { output2.append(reinterpret_cast<const char*>(b.data()), b.size()); },
+                  decoded);
+  EXPECT_EQ(restored.save_state(), saved);
+  EXPECT_EQ(irq2->count, 0);  // restoring raises nothing: a pending edge is the irqchip's state
+
+  auto in2 = [&](uint64_t off) {
+    std::byte b{0xaa};
+    restored.read(off, std::span(&b, 1));
+    return static_cast<uint8_t>(b);
+  };
+  EXPECT_TRUE(restored.accepting_input());
+  // IIR (received data first), LSR, then the bytes themselves, then THRE, then nothing.
+  for (uint64_t reg : {IIR, LSR, LCR, MCR, SCR, IER, MSR}) EXPECT_EQ(in2(reg), in(reg)) << "register " << reg;
+  EXPECT_EQ(in2(IIR), 0xc4);
+  std::string got;
+  while (in2(LSR) & 0x01) got += static_cast<char>(in2(RBR));
+  EXPECT_EQ(got, "hello");
+  EXPECT_EQ(in2(IIR), 0xc2);  // THRE, and reading it acknowledges it
+  EXPECT_EQ(in2(IIR), 0xc1);
+  const std::byte dlab{0x80};
+  restored.write(LCR, std::span(&dlab, 1));
+  EXPECT_EQ(in2(DLL), 0x01);
+  EXPECT_EQ(in2(DLM), 0x00);
+  // Output still goes to the restored UART's own sink.
+  const std::byte lcr{0x03}, c{'x'};
+  restored.write(LCR, std::span(&lcr, 1));
+  restored.write(THR, std::span(&c, 1));
+  EXPECT_EQ(output2, "x");
+}
+
+TEST(SerialSnapshot, OverrunBitAndAFullFifoSurvive) {
+  SerialState s;
+  s.lsr_overrun = true;
+  s.rx.assign(Serial::kMaxPendingInput, std::byte{'z'});
+  Serial uart(nullptr, {}, decode(encode(s)));
+  std::byte lsr{};
+  uart.read(5, std::span(&lsr, 1));
+  EXPECT_EQ(static_cast<uint8_t>(lsr) & 0x03, 0x03);  // DR | OE
+  uart.read(5, std::span(&lsr, 1));
+  EXPECT_EQ(static_cast<uint8_t>(lsr) & 0x03, 0x01);  // OE clears on read
+  EXPECT_FALSE(uart.input_space());
+  const std::byte more{'m'};
+  EXPECT_EQ(uart.enqueue_input(std::span(&more, 1)), 0u);
+}
+
+TEST(SerialSnapshot, RefusesTruncatedAndInvalidStates) {
+  SerialState s;
+  s.ier = 0x01;
+  s.rx = {std::byte{1}, std::byte{2}};
+  const auto good = encode(s);
+  for (size_t n = 0; n < good.size(); ++n)
+    EXPECT_THROW((void)decode(std::span(good).first(n)), snapshot::SnapshotError) << n;
+  auto longer = good;
+  longer.push_back(std::byte{0});
+  EXPECT_THROW((void)decode(longer), snapshot::SnapshotError);  // finish(): another shape
+
+  auto bad_ier = good;
+  bad_ier[0] = std::byte{0xff};
+  EXPECT_THROW((void)decode(bad_ier), snapshot::SnapshotError);
+  auto bad_bool = good;
+  bad_bool[7] = std::byte{2};  // thr_interrupt_pending
+  EXPECT_THROW((void)decode(bad_bool), snapshot::SnapshotError);
+  auto huge = good;
+  const uint32_t n = Serial::kMaxPendingInput + 1;
+  std::memcpy(huge.data() + 9, &n, 4);
+  EXPECT_THROW((void)decode(huge), snapshot::SnapshotError);
+
+  SerialState too_much;
+  too_much.rx.resize(Serial::kMaxPendingInput + 1);
+  EXPECT_THROW(Serial(nullptr, {}, too_much), snapshot::SnapshotError);
+  SerialState bad_mcr;
+  bad_mcr.mcr = 0x20;
+  EXPECT_THROW(Serial(nullptr, {}, bad_mcr), snapshot::SnapshotError);
 }
 
 }  // namespace

@@ -8,6 +8,10 @@
 // (there is nowhere to report the error). Data moves with preadv/pwritev straight between the
 // file and guest buffers, synchronously on the notifying thread (the event loop's, with
 // ioeventfd), holding the device mutex.
+//
+// Snapshots: nothing beyond the configuration (path, options) and what VirtioDevice saves (the
+// queues, through the transport). Requests complete before the device mutex is released, so none
+// is ever in flight at a snapshot. The machine checks that the disk is the same one itself.
 #pragma once
 
 #include <cstdint>

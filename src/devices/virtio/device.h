@@ -16,6 +16,12 @@
 // limited: the first in full, the rest counted), set DEVICE_NEEDS_RESET and send a
 // configuration-change interrupt (virtio 1.2 §2.1.2). The device then ignores its queues until
 // the driver resets it. A hostile guest never crashes the VMM.
+//
+// Snapshots (virtio life cycle: new -> active -> [paused] -> saved; restored -> active): with
+// every vCPU and the I/O thread paused, save_device_state() captures what the device holds while
+// active (DeviceState); a fresh device of the same configuration is then brought back with
+// restore(), which re-activates it without the driver's help. A device's own state beyond that
+// (none for blk and rng; vsock drops its host connections by design) is the device's business.
 #pragma once
 
 #include <atomic>
@@ -55,7 +61,10 @@ inline constexpr uint32_t kInterruptConfigChange = 2;
 // (lock-free, so the transport reads it without the device mutex) plus the line itself.
 class VirtioInterrupt {
  public:
-  explicit VirtioInterrupt(std::shared_ptr<Interrupt> line) : line_(std::move(line)) {}
+  // status: the reason bits to start with (a restored transport's InterruptStatus); setting them
+  // does not trigger the line.
+  explicit VirtioInterrupt(std::shared_ptr<Interrupt> line, uint32_t status = 0)
+      : line_(std::move(line)), status_(status) {}
   // Sets the reason bits and triggers the line.
   void signal(uint32_t reason);
   void signal_used() { signal(kInterruptUsedBuffer); }
@@ -68,6 +77,22 @@ class VirtioInterrupt {
   std::shared_ptr<Interrupt> line_;
   std::atomic<uint32_t> status_{0};
 };
+
+// What VirtioDevice itself holds while active, for snapshots. Inactive: features 0, no queues.
+struct DeviceState {
+  bool active = false;
+  bool needs_reset = false;  // broken by a guest error; stays broken after restore
+  uint64_t features = 0;     // negotiated
+  std::vector<QueueState> queues;  // one per queue_max_sizes() entry while active
+
+  bool operator==(const DeviceState&) const = default;
+};
+
+// Snapshot encoding; load_device_state caps the queue count at kMaxSnapshotQueues and throws
+// snapshot::SnapshotError for a truncated or invalid state. Neither calls Decoder::finish().
+inline constexpr size_t kMaxSnapshotQueues = 64;
+void save(snapshot::Encoder& e, const DeviceState& s);
+[[nodiscard]] DeviceState load_device_state(snapshot::Decoder& d);
 
 class VirtioDevice {
  public:
@@ -100,6 +125,15 @@ class VirtioDevice {
   void notify_queue(uint16_t q);
   // The driver wrote 0 to Status: stop all work, drop the queues, back to pre-activation.
   void reset();
+  // Snapshot restore, in place of activate() on a fresh device (never activated, same
+  // configuration as the saved one): takes the saved features and queues as they were and,
+  // when s.active, re-activates through on_restore() without the driver. A device saved with
+  // needs_reset comes back broken and on_restore() is not called. Throws snapshot::SnapshotError
+  // when the state does not fit this device (queue count or maximum sizes, features it does not
+  // offer, a ready queue whose rings are not valid in mem); a device already active is an Error.
+  void restore(GuestMemory& mem, const DeviceState& s, std::shared_ptr<VirtioInterrupt> interrupt);
+  // For snapshots, with the device quiescent (vCPUs and the I/O thread paused).
+  [[nodiscard]] DeviceState save_device_state() const;
   // Not by the transport, and it takes mutex() itself: the machine has stopped and its threads
   // are joined, so let go of what host processes may be waiting on (vsock's connections and
   // listening socket). Machine::wait() calls it once; a second call must be harmless.
@@ -114,6 +148,9 @@ class VirtioDevice {
  protected:
   // Device-specific halves of activate/notify_queue/reset, called with mutex() held.
   virtual void on_activate() {}
+  // The device-specific half of restore(): the queues are back as saved. Defaults to
+  // on_activate(); may throw GuestError (the device then needs a reset).
+  virtual void on_restore() { on_activate(); }
   // May throw GuestError; notify_queue() turns it into DEVICE_NEEDS_RESET.
   virtual void process_queue(uint16_t q) = 0;
   virtual void on_reset() {}

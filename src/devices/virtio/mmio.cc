@@ -1,8 +1,12 @@
 #include "devices/virtio/mmio.h"
 
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include <spdlog/spdlog.h>
+
+#include "snapshot/codec.h"
 
 namespace sm::virtio {
 
@@ -46,7 +50,83 @@ constexpr uint32_t kInitBits = kStatusAcknowledge | kStatusDriver | kStatusFeatu
 void set_low(uint64_t& v, uint32_t low) { v = (v & 0xffffffff00000000ull) | low; }
 void set_high(uint64_t& v, uint32_t high) { v = (v & 0xffffffffull) | (uint64_t{high} << 32); }
 
+std::string device_kind(uint32_t id) {
+  switch (id) {
+    case kDeviceIdNet: return fmt::format("{} (net)", id);
+    case kDeviceIdBlock: return fmt::format("{} (block)", id);
+    case kDeviceIdEntropy: return fmt::format("{} (entropy)", id);
+    case kDeviceIdVsock: return fmt::format("{} (vsock)", id);
+    default: return fmt::format("{}", id);
+  }
+}
+
+// Why no transport could be in state s, or nullopt. What it can tell without the device.
+std::optional<std::string> check_transport_state(const MmioTransportState& s) {
+  if (s.status & ~(kInitBits | kStatusFailed))
+    return fmt::format("virtio-mmio status {:#x} holds bits the transport never stores", s.status);
+  switch (s.status & kInitBits) {
+    case 0:
+    case kStatusAcknowledge:
+    case kStatusAcknowledge | kStatusDriver:
+    case kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk:
+    case kInitBits: break;
+    default: return fmt::format("virtio-mmio status {:#x} skips a step of the initialization", s.status);
+  }
+  if (s.interrupt_status & ~(kInterruptUsedBuffer | kInterruptConfigChange))
+    return fmt::format("virtio-mmio interrupt status {:#x} holds unknown bits", s.interrupt_status);
+  if (s.config_broken && !(s.status & kStatusDriverOk))
+    return "virtio-mmio: a refused DRIVER_OK without DRIVER_OK in the status";
+  const bool live = (s.status & kStatusDriverOk) && !s.config_broken;
+  if (live != s.device.active)
+    return fmt::format("virtio-mmio status {:#x}{} does not match a device that is {}", s.status,
+                       s.config_broken ? " (queues refused)" : "", s.device.active ? "active" : "inactive");
+  if (s.device.active) {
+    if (s.device.features != s.driver_features)
+      return fmt::format("virtio-mmio: the device runs with features {:#x}, the driver negotiated {:#x}",
+                         s.device.features, s.driver_features);
+    if (s.device.queues.size() != s.queues.size())
+      return fmt::format("virtio-mmio: {} device queues for {} transport queues", s.device.queues.size(),
+                         s.queues.size());
+  }
+  if (s.queues.size() > kMaxSnapshotQueues) return fmt::format("virtio-mmio: {} queues", s.queues.size());
+  return std::nullopt;
+}
+
 }  // namespace
+
+void save(snapshot::Encoder& e, const MmioTransportState& s) {
+  e.u32(s.device_id);
+  e.u32(s.status);
+  e.u32(s.device_features_sel);
+  e.u32(s.driver_features_sel);
+  e.u64(s.driver_features);
+  e.u32(s.queue_sel);
+  e.u32(s.shm_sel);
+  e.boolean(s.config_broken);
+  e.u32(s.interrupt_status);
+  e.count(s.queues.size());
+  for (const auto& q : s.queues) save(e, q);
+  save(e, s.device);
+}
+
+MmioTransportState load_mmio_transport_state(snapshot::Decoder& d) {
+  MmioTransportState s;
+  s.device_id = d.u32();
+  s.status = d.u32();
+  s.device_features_sel = d.u32();
+  s.driver_features_sel = d.u32();
+  s.driver_features = d.u64();
+  s.queue_sel = d.u32();
+  s.shm_sel = d.u32();
+  s.config_broken = d.boolean();
+  s.interrupt_status = d.u32();
+  size_t n = d.count(kMaxSnapshotQueues, kQueueStateBytes);
+  s.queues.reserve(n);
+  for (size_t i = 0; i < n; ++i) s.queues.push_back(load_queue_state(d));
+  s.device = load_device_state(d);
+  if (auto why = check_transport_state(s)) d.fail(*why);
+  return s;
+}
 
 MmioTransport::MmioTransport(GuestMemory& mem, std::shared_ptr<VirtioDevice> device,
                              std::shared_ptr<Interrupt> irq)
@@ -55,6 +135,58 @@ MmioTransport::MmioTransport(GuestMemory& mem, std::shared_ptr<VirtioDevice> dev
   if (!(device_->device_features() & kFeatureVersion1))
     throw Error("virtio-mmio: the device does not offer VIRTIO_F_VERSION_1");
   for (uint16_t max : device_->queue_max_sizes()) queues_.emplace_back(max);
+}
+
+MmioTransport::MmioTransport(GuestMemory& mem, std::shared_ptr<VirtioDevice> device, std::shared_ptr<Interrupt> irq,
+                             const MmioTransportState& s)
+    : MmioTransport(mem, std::move(device), irq) {
+  if (s.device_id != device_->device_id())
+    throw snapshot::SnapshotError(fmt::format("virtio-mmio: the snapshot holds device id {}, this slot has device id {}",
+                                              device_kind(s.device_id), device_kind(device_->device_id())));
+  if (auto why = check_transport_state(s)) throw snapshot::SnapshotError(*why);
+  if (s.queues.size() != queues_.size())
+    throw snapshot::SnapshotError(fmt::format("virtio-mmio device {}: {} queues saved, the device has {}",
+                                              device_kind(s.device_id), s.queues.size(), queues_.size()));
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    if (s.queues[i].max_size != queues_[i].max_size())
+      throw snapshot::SnapshotError(
+          fmt::format("virtio-mmio device {}: queue {} was saved with maximum size {}, the device has {}",
+                      device_kind(s.device_id), i, s.queues[i].max_size, queues_[i].max_size()));
+  }
+  const uint64_t offered = device_->device_features();
+  if ((s.status & kStatusFeaturesOk) && (s.driver_features & ~offered))
+    throw snapshot::SnapshotError(fmt::format("virtio-mmio device {}: negotiated features {:#x} are not all offered "
+                                              "({:#x})",
+                                              device_kind(s.device_id), s.driver_features, offered));
+  for (size_t i = 0; i < queues_.size(); ++i) queues_[i] = Queue(s.queues[i]);
+  status_ = s.status;
+  device_features_sel_ = s.device_features_sel;
+  driver_features_sel_ = s.driver_features_sel;
+  driver_features_ = s.driver_features;
+  queue_sel_ = s.queue_sel;
+  shm_sel_ = s.shm_sel;
+  config_broken_ = s.config_broken;
+  interrupt_ = std::make_shared<VirtioInterrupt>(std::move(irq), s.interrupt_status);
+  std::lock_guard lock(device_->mutex());
+  device_->restore(mem_, s.device, interrupt_);
+}
+
+MmioTransportState MmioTransport::save_state() const {
+  std::lock_guard lock(device_->mutex());
+  MmioTransportState s;
+  s.device_id = device_->device_id();
+  s.status = status_;
+  s.device_features_sel = device_features_sel_;
+  s.driver_features_sel = driver_features_sel_;
+  s.driver_features = driver_features_;
+  s.queue_sel = queue_sel_;
+  s.shm_sel = shm_sel_;
+  s.config_broken = config_broken_;
+  s.interrupt_status = interrupt_->status();
+  s.queues.reserve(queues_.size());
+  for (const auto& q : queues_) s.queues.push_back(q.save_state());
+  s.device = device_->save_device_state();
+  return s;
 }
 
 uint32_t MmioTransport::status() const {

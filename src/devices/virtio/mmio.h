@@ -23,6 +23,11 @@
 // Threading: read/write are called from any vCPU thread and queue_notify from the event loop
 // thread (ioeventfd). All of them take the device's mutex (device.h) and nothing else;
 // InterruptStatus is read without it.
+//
+// Snapshots: save_state() captures the registers, the transport's copy of the driver's queue
+// configuration and the device's DeviceState; the restoring constructor rebuilds all three on a
+// fresh device of the same configuration, re-activating it when it was live, with no guest
+// interaction and no interrupt (a pending one is the interrupt controller's state).
 #pragma once
 
 #include <cstdint>
@@ -38,6 +43,30 @@
 
 namespace sm::virtio {
 
+// Everything an MmioTransport holds, for snapshots.
+struct MmioTransportState {
+  uint32_t device_id = 0;  // checked against the device handed to the restoring constructor
+  uint32_t status = 0;     // as the driver wrote it (DEVICE_NEEDS_RESET is derived, not stored)
+  uint32_t device_features_sel = 0;
+  uint32_t driver_features_sel = 0;
+  uint64_t driver_features = 0;
+  uint32_t queue_sel = 0;
+  uint32_t shm_sel = 0;
+  bool config_broken = false;
+  uint32_t interrupt_status = 0;  // InterruptStatus: kInterruptUsedBuffer | kInterruptConfigChange
+  std::vector<QueueState> queues;  // the transport's own copy of the driver's configuration
+  DeviceState device;
+
+  bool operator==(const MmioTransportState&) const = default;
+};
+
+// Snapshot encoding. load_mmio_transport_state caps queue counts at kMaxSnapshotQueues and
+// refuses values the transport could never hold (status bits out of order or unknown, unknown
+// interrupt bits, a device live without DRIVER_OK or the reverse), with snapshot::SnapshotError.
+// It does not call Decoder::finish().
+void save(snapshot::Encoder& e, const MmioTransportState& s);
+[[nodiscard]] MmioTransportState load_mmio_transport_state(snapshot::Decoder& d);
+
 class MmioTransport : public IoHandler {
  public:
   static constexpr uint64_t kSize = 0x1000;
@@ -49,6 +78,15 @@ class MmioTransport : public IoHandler {
   // mem must outlive the transport. irq is the device's interrupt line.
   MmioTransport(GuestMemory& mem, std::shared_ptr<VirtioDevice> device,
                 std::shared_ptr<Interrupt> irq);
+  // Restore: the transport as saved, over a fresh device of the same configuration (never
+  // activated), which is re-activated from state.device when it was live (VirtioDevice::
+  // restore). Throws snapshot::SnapshotError when the state does not fit the device: another
+  // device id (the message names both), queue counts or maximum sizes, features not offered.
+  MmioTransport(GuestMemory& mem, std::shared_ptr<VirtioDevice> device, std::shared_ptr<Interrupt> irq,
+                const MmioTransportState& state);
+
+  // For snapshots, with the vCPUs and the I/O thread paused. Takes the device mutex.
+  [[nodiscard]] MmioTransportState save_state() const;
 
   void read(uint64_t offset, std::span<std::byte> data) override;
   void write(uint64_t offset, std::span<const std::byte> data) override;

@@ -4,8 +4,11 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+#include <string>
 
 #include <fmt/format.h>
+
+#include "snapshot/codec.h"
 
 namespace sm::virtio {
 
@@ -107,6 +110,72 @@ Queue::Queue(uint16_t max_size) : max_size_(max_size), size_(max_size) {
   if (max_size == 0 || max_size > kMaxQueueSize || !std::has_single_bit(max_size))
     throw Error(fmt::format("virtqueue: maximum size {} is not a power of two in [1, {}]", max_size,
                             kMaxQueueSize));
+}
+
+namespace {
+
+std::optional<std::string> check_queue_state(const QueueState& s) {
+  if (s.max_size == 0 || s.max_size > kMaxQueueSize || !std::has_single_bit(s.max_size))
+    return fmt::format("virtqueue maximum size {} is not a power of two in [1, {}]", s.max_size, kMaxQueueSize);
+  if (s.size > s.max_size) return fmt::format("virtqueue size {} exceeds its maximum {}", s.size, s.max_size);
+  return std::nullopt;
+}
+
+}  // namespace
+
+void save(snapshot::Encoder& e, const QueueState& s) {
+  e.u16(s.max_size);
+  e.u16(s.size);
+  e.u64(s.desc_table);
+  e.u64(s.avail_ring);
+  e.u64(s.used_ring);
+  e.boolean(s.ready);
+  e.boolean(s.event_idx);
+  e.boolean(s.indirect);
+  e.u16(s.next_avail);
+  e.u16(s.next_used);
+  e.u16(s.signalled_used);
+  e.boolean(s.signalled_used_valid);
+}
+
+QueueState load_queue_state(snapshot::Decoder& d) {
+  QueueState s;
+  s.max_size = d.u16();
+  s.size = d.u16();
+  s.desc_table = d.u64();
+  s.avail_ring = d.u64();
+  s.used_ring = d.u64();
+  s.ready = d.boolean();
+  s.event_idx = d.boolean();
+  s.indirect = d.boolean();
+  s.next_avail = d.u16();
+  s.next_used = d.u16();
+  s.signalled_used = d.u16();
+  s.signalled_used_valid = d.boolean();
+  if (auto why = check_queue_state(s)) d.fail(*why);
+  return s;
+}
+
+Queue::Queue(const QueueState& s)
+    : max_size_(s.max_size),
+      size_(s.size),
+      desc_table_(s.desc_table),
+      avail_ring_(s.avail_ring),
+      used_ring_(s.used_ring),
+      ready_(s.ready),
+      event_idx_(s.event_idx),
+      indirect_(s.indirect),
+      next_avail_(s.next_avail),
+      next_used_(s.next_used),
+      signalled_used_(s.signalled_used),
+      signalled_used_valid_(s.signalled_used_valid) {
+  if (auto why = check_queue_state(s)) throw snapshot::SnapshotError(*why);
+}
+
+QueueState Queue::save_state() const {
+  return QueueState{max_size_,  size_,       desc_table_, avail_ring_,     used_ring_,
+                    ready_,     event_idx_,  indirect_,   next_avail_,     next_used_,
+                    signalled_used_, signalled_used_valid_};
 }
 
 void Queue::set_features(uint64_t negotiated) {

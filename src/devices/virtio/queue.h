@@ -20,6 +20,11 @@
 #include "common/error.h"
 #include "vmm/guest_memory.h"
 
+namespace sm::snapshot {
+class Encoder;
+class Decoder;
+}  // namespace sm::snapshot
+
 namespace sm::virtio {
 
 // Feature bits that concern queues (virtio 1.2 §6).
@@ -115,12 +120,44 @@ class DescriptorChain {
   uint64_t write_off_ = 0;
 };
 
+// Everything a Queue holds, for snapshots: the driver's configuration, the negotiated features
+// and the device's ring indices. The rings themselves are in guest memory, saved with it.
+struct QueueState {
+  uint16_t max_size = 0;
+  uint16_t size = 0;
+  uint64_t desc_table = 0;
+  uint64_t avail_ring = 0;
+  uint64_t used_ring = 0;
+  bool ready = false;
+  bool event_idx = false;
+  bool indirect = false;
+  uint16_t next_avail = 0;
+  uint16_t next_used = 0;
+  uint16_t signalled_used = 0;
+  bool signalled_used_valid = false;
+
+  bool operator==(const QueueState&) const = default;
+};
+
+// Snapshot encoding. load_queue_state throws snapshot::SnapshotError for a truncated state or one
+// no Queue could hold (see Queue(const QueueState&)); it does not call Decoder::finish().
+void save(snapshot::Encoder& e, const QueueState& s);
+[[nodiscard]] QueueState load_queue_state(snapshot::Decoder& d);
+// Encoded size of one QueueState (for Decoder::count's min_element_bytes).
+inline constexpr size_t kQueueStateBytes = 2 + 2 + 3 * 8 + 3 + 3 * 2 + 1;
+
 // The device side of one split virtqueue. The transport fills in the driver's configuration
 // (size, ring addresses, ready) and the negotiated features; the device pops chains and pushes
 // used elements. Copyable: it holds only the configuration and the device's ring indices.
 class Queue {
  public:
   explicit Queue(uint16_t max_size);
+  // Restore: a queue exactly as saved. Throws snapshot::SnapshotError unless max_size is a power
+  // of two <= kMaxQueueSize and size <= max_size (a transport may hold a size the driver has not
+  // made valid yet). The ring addresses are checked against guest memory at use, as always; the
+  // device checks a ready queue whole when it restores (VirtioDevice::restore).
+  explicit Queue(const QueueState& state);
+  [[nodiscard]] QueueState save_state() const;
 
   // --- configuration, written by the transport before activation (virtio 1.2 §4.2.3.2) ---
   [[nodiscard]] uint16_t max_size() const { return max_size_; }

@@ -1,5 +1,6 @@
 // virtio-rng / entropy device (virtio 1.2 §5.4): one request queue; every chain's writable
 // buffers are filled from getrandom(2), at most max_bytes_per_request per chain.
+// Snapshots: nothing beyond the configuration and what VirtioDevice saves (the queues).
 #pragma once
 
 #include <cstdint>

@@ -235,6 +235,7 @@ void Vsock::on_reset() {
   close_all();
   control_rx_.clear();
   pending_rx_.clear();
+  reset_event_pending_ = false;
 }
 
 void Vsock::close_all() {
@@ -256,7 +257,9 @@ void Vsock::send_transport_reset() {
   std::lock_guard lock(mutex());
   close_all();
   control_rx_.clear();
-  reset_event_pending_ = true;
+  pending_rx_.clear();
+  // An inactive device has no driver that could hold connections; the next one starts clean.
+  reset_event_pending_ = active();
   if (active() && !needs_reset()) guard("transport reset", [&] { process_queue(2); });
 }
 

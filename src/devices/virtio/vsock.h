@@ -99,14 +99,24 @@ class Vsock final : public VirtioDevice, public std::enable_shared_from_this<Vso
   // Open connections, for tests and diagnostics (takes the device mutex).
   [[nodiscard]] size_t connection_count() const;
 
-  // Tells the guest all connections are gone (after a snapshot restore), when an event buffer
-  // is available. Closes every host connection. Takes the device mutex.
+  // Tells the guest all connections are gone (after a snapshot restore): closes every host
+  // connection and, when the device is active, sends VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the
+  // event queue at once if the driver left a buffer there, else as soon as it adds one (and
+  // interrupts it). A driver reset drops a pending event: the driver forgot its connections
+  // itself. Takes the device mutex.
+  //
+  // Snapshots: a vsock device has no state beyond its configuration and DeviceState (queues via
+  // the transport). Host connections do not survive a restore by design; the machine calls this
+  // right after restoring, before any vCPU runs. The guest CID comes from the machine's
+  // configuration (guest_cid(), config space), never from the snapshot.
   void send_transport_reset();
   // Closes every connection (the host sides get EOF) and the listening socket.
   void on_machine_stopped() override;
 
  protected:
   void on_activate() override;
+  // Nothing to resume: no connection survives a snapshot (see send_transport_reset).
+  void on_restore() override {}
   void process_queue(uint16_t q) override;
   void on_reset() override;
   [[nodiscard]] std::span<const std::byte> config_bytes() const override;
