@@ -2,6 +2,8 @@
 
 #include <charconv>
 
+#include "agent/protocol.h"
+
 namespace sm::agent {
 
 namespace {
@@ -11,14 +13,6 @@ bool parse_port(std::string_view v, uint32_t& out) {
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), p);
   if (ec != std::errc() || end != v.data() + v.size() || p == 0 || p == 0xffffffffu) return false;
   out = p;
-  return true;
-}
-
-bool valid_hostname(std::string_view h) {
-  if (h.empty() || h.size() > 64) return false;
-  for (char c : h)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.'))
-      return false;
   return true;
 }
 

@@ -25,6 +25,7 @@
 #include "agent/protocol.h"
 #include "log.h"
 #include "launch.h"
+#include "restore.h"
 #include "users.h"
 
 #ifndef SM_AGENT_VERSION
@@ -134,6 +135,7 @@ struct Conn {
   std::string out;
   size_t out_off = 0;
   State state = State::kHello;
+  uint32_t version = 0;  // negotiated in HELLO
   Session* session = nullptr;
   bool eof = false;
   bool dead = false;
@@ -417,6 +419,7 @@ struct Server::Impl {
   }
 
   void handle_frame(Conn& c, const Frame& f) {
+    if (c.state != Conn::State::kHello) check_frame_version(f.type, c.version);
     switch (c.state) {
       case Conn::State::kHello:
         if (f.type != FrameType::kHello) throw ProtocolError("the first frame must be HELLO, got " + std::string(type_name(f.type)));
@@ -443,6 +446,8 @@ struct Server::Impl {
             stop_status = m.status;
             return;
           }
+          case FrameType::kRestore:
+            return on_restore(c, decode<RestoreRequest>(f.payload));
           case FrameType::kStdin:
           case FrameType::kStdinEof:
           case FrameType::kResize:
@@ -463,20 +468,38 @@ struct Server::Impl {
   }
 
   void on_hello(Conn& c, const HelloRequest& h) {
-    if (h.min_version > kProtocolVersion || h.max_version < 1) {
+    auto version = negotiate_version(h);
+    if (!version) {
       send_error(c, ErrorCode::kUnsupportedVersion,
-                 "the agent speaks protocol version " + std::to_string(kProtocolVersion) + ", the host offered " +
-                     std::to_string(h.min_version) + ".." + std::to_string(h.max_version));
+                 "the agent speaks protocol versions " + std::to_string(kMinProtocolVersion) + ".." +
+                     std::to_string(kProtocolVersion) + ", the host offered " + std::to_string(h.min_version) +
+                     ".." + std::to_string(h.max_version));
       c.state = Conn::State::kClosing;
       return;
     }
+    c.version = *version;
     HelloReply r;
-    r.version = std::min(h.max_version, kProtocolVersion);
+    r.version = *version;
     r.agent = std::string("sm-agent ") + SM_AGENT_VERSION;
     r.init = opts.init;
     r.hostname = opts.hostname;
     send(c, FrameType::kHello, encode(r));
     c.state = Conn::State::kIdle;
+  }
+
+  // ---- restore ---------------------------------------------------------------------------
+
+  // After a snapshot restore (restore.h). The hostname the agent reports in HELLO and gives new
+  // processes as HOSTNAME follows the request once the kernel's is set (or, without init, at once).
+  void on_restore(Conn& c, const RestoreRequest& req) {
+    auto result = apply_restore(req, opts.init);
+    if (auto* err = std::get_if<ErrorInfo>(&result)) {
+      SM_LOG_ERROR("restore: %s", err->message.c_str());
+      send(c, FrameType::kError, encode(*err));
+      return;
+    }
+    opts.hostname = req.hostname;
+    send(c, FrameType::kOk, encode(std::get<RestoreReply>(result)));
   }
 
   // ---- exec ------------------------------------------------------------------------------

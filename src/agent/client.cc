@@ -47,6 +47,40 @@ bool wait_fd(int fd, short events, Clock::time_point deadline) {
   }
 }
 
+// Connects the non-blocking socket `fd` to `addr`, giving up at `deadline`. A blocking connect
+// has no deadline: with the listener's backlog full (a burst of VMs starting, an agent that
+// stopped accepting) it sleeps until someone accepts, for ever. A non-blocking AF_UNIX stream
+// connect is never left in progress: with the backlog full it fails at once with EAGAIN and there
+// is nothing to poll for, so it is retried after a short pause. EINPROGRESS (the way other
+// families report a pending connect) is waited for with poll(), then read from SO_ERROR.
+void connect_by(int fd, const sockaddr_un& addr, const std::string& path, Clock::time_point deadline) {
+  const auto t0 = Clock::now();
+  auto pause = std::chrono::milliseconds(1);
+  auto timed_out = [&](const char* why) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    return Error("timed out connecting to the agent at " + path + " after " + std::to_string(ms) + " ms (" +
+                 why + ")");
+  };
+  for (;;) {
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) return;
+    int err = errno;
+    if (err == EINTR) continue;
+    if (err == EINPROGRESS) {
+      if (!wait_fd(fd, POLLOUT, deadline)) throw timed_out("the connection was not established");
+      int so_error = 0;
+      socklen_t len = sizeof so_error;
+      if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) != 0) throw sys_error("getsockopt(SO_ERROR)");
+      if (so_error == 0) return;
+      throw sys_error("connect to the agent at " + path, so_error);
+    }
+    if (err != EAGAIN) throw sys_error("connect to the agent at " + path, err);
+    auto now = Clock::now();
+    if (now >= deadline) throw timed_out("its listen backlog stayed full: the listener is not accepting");
+    std::this_thread::sleep_for(std::min<Clock::duration>(pause, deadline - now));
+    pause = std::min(pause * 2, std::chrono::milliseconds(8));
+  }
+}
+
 // One connection to the agent: the transport handshake plus framed, deadline-bounded I/O.
 class Channel {
  public:
@@ -54,16 +88,16 @@ class Channel {
 
   static Channel open(const Endpoint& ep, Clock::time_point deadline) {
     Channel ch;
-    ch.fd_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    // Non-blocking from the start, so connecting is bounded by the deadline too; everything
+    // after it (handshake, frames) is non-blocking I/O with poll().
+    ch.fd_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!ch.fd_) throw sys_error("socket(AF_UNIX)");
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::string path = ep.socket.string();
     if (path.size() >= sizeof addr.sun_path) throw Error("agent socket path too long: " + path);
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    if (::connect(ch.fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-      throw sys_error("connect to the agent at " + path);
-    set_nonblock(ch.fd_.get());
+    connect_by(ch.fd_.get(), addr, path, deadline);
     if (ep.vsock_port) ch.vsock_handshake(*ep.vsock_port, deadline);
     return ch;
   }
@@ -160,7 +194,7 @@ HelloReply expect_hello(Channel& ch, Clock::time_point deadline) {
   if (f.type == FrameType::kError) throw_agent_error(f);
   if (f.type != FrameType::kHello) throw_unexpected(f, "HELLO");
   HelloReply r = decode<HelloReply>(f.payload);
-  if (r.version != kProtocolVersion)
+  if (r.version < HelloRequest{}.min_version || r.version > HelloRequest{}.max_version)
     throw ProtocolError("the agent chose protocol version " + std::to_string(r.version) + ", not one offered");
   return r;
 }
@@ -347,6 +381,7 @@ HelloReply Client::hello() {
 }
 
 HelloReply Client::wait_ready(Clock::time_point deadline) {
+  const auto cap = std::max(options_.ready_poll_max, std::chrono::milliseconds(1));
   auto delay = std::chrono::milliseconds(1);
   std::string last;
   for (;;) {
@@ -365,7 +400,7 @@ HelloReply Client::wait_ready(Clock::time_point deadline) {
     if (Clock::now() + delay >= deadline)
       throw Error("the guest agent did not become ready in time (last attempt: " + last + ")");
     std::this_thread::sleep_for(delay);
-    delay = std::min(delay * 2, std::chrono::milliseconds(50));
+    delay = std::min(delay * 2, cap);
   }
 }
 
@@ -519,6 +554,24 @@ void Client::power_off(int status) {
   } catch (const Error&) {
     // The VM may be gone before the OK reaches us: that is what was asked for.
   }
+}
+
+RestoreReply Client::restore(const RestoreRequest& request) {
+  std::string payload = encode(request);  // refuses what the agent would, before connecting
+  auto deadline = deadline_after(options_.io_timeout);
+  Channel ch = Channel::open(endpoint_, deadline);
+  std::string frames = hello_frames();
+  encode_frame(frames, FrameType::kRestore, payload);
+  ch.send_all(frames, deadline);
+  HelloReply h = expect_hello(ch, deadline);
+  if (h.version < kRestoreVersion)
+    throw ExecError(ErrorInfo{ErrorCode::kUnsupportedVersion,
+                              h.agent + " speaks protocol version " + std::to_string(h.version) +
+                                  ", which has no RESTORE (the snapshot's agent predates restore support)"});
+  Frame f = ch.recv(deadline);
+  if (f.type == FrameType::kError) throw_agent_error(f);
+  if (f.type != FrameType::kOk) throw_unexpected(f, "OK");
+  return decode<RestoreReply>(f.payload);
 }
 
 // ---- ReadyListener -----------------------------------------------------------------------

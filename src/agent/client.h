@@ -41,6 +41,9 @@ struct ClientOptions {
   std::chrono::milliseconds io_timeout{30000};
   // Client::exec() fails when stdout + stderr exceed this (the process is then killed).
   size_t max_output = 256u << 20;
+  // wait_ready() retries with a pause that starts at 1 ms and doubles up to this. 50 ms suits a
+  // booting VM; a VM restored from a snapshot answers within milliseconds, so poll it with 2-5.
+  std::chrono::milliseconds ready_poll_max{50};
 };
 
 // The agent refused or could not start a request. For exec, exit_code() is what a Docker-like
@@ -104,7 +107,9 @@ class Client {
   [[nodiscard]] const Endpoint& endpoint() const { return endpoint_; }
 
   // Connects and exchanges HELLO, retrying until the agent answers or `deadline` passes (then
-  // throws sm::Error with the last failure). Use while the VM boots.
+  // throws sm::Error with the last failure). Use while the VM boots, and after a snapshot
+  // restore (connections open at capture time do not survive it; the agent's listener does).
+  // Retries pause 1 ms, doubling up to ClientOptions::ready_poll_max.
   HelloReply wait_ready(std::chrono::steady_clock::time_point deadline);
   // One attempt; throws if the agent cannot be reached or does not speak the protocol.
   HelloReply hello();
@@ -128,6 +133,13 @@ class Client {
   void signal_main(int signo);
   // Asks the agent to stop everything and power the VM off with `status`.
   void power_off(int status);
+
+  // Right after a snapshot restore: sets the clone's wall clock, entropy (the CRNG reseeds at
+  // once) and hostname (protocol v2). Returns what the agent applied (all true as PID 1 in a
+  // VM). Throws sm::Error before connecting for a request the agent would refuse (entropy size,
+  // hostname), ExecError code kRestoreFailed when a step failed in the guest (the message names
+  // the step and errno), and ExecError code kUnsupportedVersion for an agent that speaks only v1.
+  RestoreReply restore(const RestoreRequest& request);
 
  private:
   Endpoint endpoint_;

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -908,6 +909,236 @@ TEST(AgentVsock, RefusedPortIsRetriedUntilTheDeadline) {
     EXPECT_NE(std::string(e.what()).find("refused"), std::string::npos) << e.what();
   }
   EXPECT_LT(Clock::now() - t0, 5s);
+}
+
+// ---- RESTORE (protocol v2) and fast, bounded connecting ------------------------------------
+
+RestoreRequest restore_request(std::string hostname) {
+  RestoreRequest r;
+  // Now: even an agent that wrongly set the clock here would not move the host's.
+  r.realtime_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  r.entropy = random_bytes(64, 99);
+  r.hostname = std::move(hostname);
+  return r;
+}
+
+std::string host_hostname() {
+  char h[256] = {};
+  ::gethostname(h, sizeof h - 1);
+  return h;
+}
+
+TEST(AgentRestore, RoundTripWithoutInitLeavesTheHostAlone) {
+  AgentProcess agent;
+  Client c = agent.client();
+  EXPECT_EQ(c.hello().version, 2u) << "a current host and agent speak version 2";
+  const std::string before = host_hostname();
+  RestoreReply r = c.restore(restore_request("clone-42"));
+  EXPECT_EQ(r, RestoreReply{}) << "without init the clock and hostname are skipped, entropy only mixed in";
+  EXPECT_EQ(host_hostname(), before) << "--no-init must not touch the host's hostname";
+  // The agent's own hostname follows: HELLO and the HOSTNAME of new processes.
+  EXPECT_EQ(c.hello().hostname, "clone-42");
+  EXPECT_EQ(c.exec(cmd({"sh", "-c", "echo $HOSTNAME"})).out, "clone-42\n");
+  // Again (a clone may be re-personalised), and the agent keeps serving.
+  EXPECT_EQ(c.restore(restore_request("clone-43")), RestoreReply{});
+  EXPECT_EQ(c.hello().hostname, "clone-43");
+  EXPECT_EQ(c.exec(cmd({"echo", "ok"})).out, "ok\n");
+}
+
+TEST(AgentRestore, Version1SessionRefusesRestoreAndV1StillWorks) {
+  AgentProcess agent;
+  std::string v1_hello = encode_frame(FrameType::kHello, encode(HelloRequest{1, 1}));
+  // A v1 host's exec, exactly as before version 2 existed.
+  auto frames = raw_exchange(agent.socket(), v1_hello + encode_frame(FrameType::kExec, encode(cmd({"echo", "v1"}))));
+  ASSERT_GE(frames.size(), 2u);
+  ASSERT_EQ(frames[0].type, FrameType::kHello);
+  EXPECT_EQ(decode<HelloReply>(frames[0].payload).version, 1u);
+  EXPECT_EQ(frames[1].type, FrameType::kStarted);
+  // RESTORE in a v1 session is a protocol error, and the hostname stays.
+  std::string restore = encode_frame(FrameType::kRestore, encode(restore_request("never")));
+  frames = raw_exchange(agent.socket(), v1_hello + restore);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(decode<HelloReply>(frames[0].payload).version, 1u);
+  expect_protocol_error(frames, "RESTORE in a v1 session");
+  EXPECT_NE(decode<ErrorInfo>(frames[1].payload).message.find("version 2"), std::string::npos);
+  EXPECT_EQ(agent.client().hello().hostname, "agent-test");
+  // In a v2 session: OK, and a malformed RESTORE is a protocol error like any other.
+  frames = raw_exchange(agent.socket(), hello_request() + restore);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[1].type, FrameType::kOk);
+  frames = raw_exchange(agent.socket(), hello_request() + encode_frame(FrameType::kRestore, R"({"realtime_ns":1})"));
+  expect_protocol_error(frames, "RESTORE without entropy");
+  // RESTORE is a request of its own, not a frame inside an exec session.
+  frames = raw_exchange(agent.socket(), hello_request() + encode_frame(FrameType::kExec, encode(cmd({"sleep", "30"}))) +
+                                            restore);
+  expect_protocol_error(frames, "RESTORE during an exec");
+}
+
+TEST(AgentRestore, ClientRefusesAnInvalidRequestBeforeConnecting) {
+  TempDir d;
+  Client c(Endpoint::unix_socket(d.path() / "nobody.sock"), ClientOptions{200ms, 1 << 20});
+  auto r = restore_request("ok");
+  r.entropy.resize(16);
+  try {
+    (void)c.restore(r);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("RESTORE.entropy"), std::string::npos) << e.what();
+  }
+  r = restore_request("bad name");
+  EXPECT_THROW((void)c.restore(r), Error);
+}
+
+TEST(ClientHostileAgent, RestoreAgainstAVersion1AgentOrAFailedStep) {
+  {
+    // An agent from before version 2 picks version 1 (and would refuse frame type 18).
+    FakeAgent fake(good_hello() + encode_frame(FrameType::kError, encode(ErrorInfo{ErrorCode::kProtocol, "unknown frame type 18"})),
+                   /*hold_open=*/true);
+    try {
+      (void)fake.client().restore(restore_request("x"));
+      FAIL();
+    } catch (const ExecError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupportedVersion) << e.what();
+    }
+  }
+  {
+    HelloReply v2{2, "fake", true, "h"};
+    FakeAgent fake(encode_frame(FrameType::kHello, encode(v2)) +
+                       encode_frame(FrameType::kError, encode(ErrorInfo{ErrorCode::kRestoreFailed, "sethostname: Operation not permitted (errno 1)"})),
+                   /*hold_open=*/true);
+    try {
+      (void)fake.client().restore(restore_request("x"));
+      FAIL();
+    } catch (const ExecError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kRestoreFailed);
+      EXPECT_NE(std::string(e.what()).find("sethostname"), std::string::npos) << e.what();
+    }
+  }
+  {
+    HelloReply v2{2, "fake", true, "h"};
+    FakeAgent fake(encode_frame(FrameType::kHello, encode(v2)) + encode_frame(FrameType::kOk, encode(RestoreReply{true, true, true})),
+                   /*hold_open=*/true);
+    EXPECT_EQ(fake.client().restore(restore_request("x")), (RestoreReply{true, true, true}));
+  }
+}
+
+// A Unix listener that never accepts, with its backlog filled: the state a burst of VMs can
+// leave the VMM's vsock socket in. A blocking connect() to it sleeps until someone accepts.
+class FullBacklog {
+ public:
+  FullBacklog() {
+    path_ = dir_.path() / "full.sock";
+    listener_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
+    if (::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_.get(), 0) != 0)
+      throw std::runtime_error("listen failed");
+    for (;;) {
+      UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+      if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        if (errno == EAGAIN) break;  // full
+        throw std::runtime_error(std::string("filling the backlog: ") + std::strerror(errno));
+      }
+      fillers_.push_back(std::move(s));
+      if (fillers_.size() > 1000) throw std::runtime_error("the backlog never filled");
+    }
+  }
+  // Closing the listener wakes a connect() blocked on it (it then fails), so a test of the
+  // unfixed client ends instead of hanging.
+  void close() { listener_.reset(); }
+  [[nodiscard]] const fs::path& path() const { return path_; }
+
+ private:
+  TempDir dir_;
+  fs::path path_;
+  UniqueFd listener_;
+  std::vector<UniqueFd> fillers_;
+};
+
+TEST(ClientConnect, FullBacklogIsBoundedByTheDeadline) {
+  FullBacklog full;
+  ClientOptions o;
+  o.io_timeout = 200ms;
+  Client c(Endpoint::unix_socket(full.path()), o);
+  auto t0 = Clock::now();
+  auto attempt = std::async(std::launch::async, [&]() -> std::string {
+    try {
+      (void)c.hello();
+      return "connected";
+    } catch (const Error& e) {
+      return e.what();
+    }
+  });
+  if (attempt.wait_for(3s) != std::future_status::ready) {
+    ADD_FAILURE() << "connect() to a listener with a full backlog ignored the 200 ms deadline";
+    full.close();
+  }
+  std::string what = attempt.get();
+  auto took = Clock::now() - t0;
+  EXPECT_LT(took, 1s);
+  EXPECT_GE(took, 190ms) << "gave up before the deadline: " << what;
+  EXPECT_NE(what.find("timed out connecting to the agent at " + full.path().string()), std::string::npos) << what;
+  EXPECT_NE(what.find("backlog"), std::string::npos) << what;
+
+  // Through the VMM's socket, and inside wait_ready (which retries until its own deadline).
+  Client v(Endpoint::vsock(full.path()), o);
+  t0 = Clock::now();
+  EXPECT_THROW((void)v.wait_ready(Clock::now() + 300ms), Error);
+  EXPECT_LT(Clock::now() - t0, 1500ms);
+}
+
+// Accepts and at once closes every connection, counting them: each wait_ready() attempt is one.
+class ClosingListener {
+ public:
+  ClosingListener() {
+    path_ = dir_.path() / "closing.sock";
+    listener_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
+    if (::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_.get(), 64) != 0)
+      throw std::runtime_error("listen failed");
+    thread_ = std::thread([this] {
+      for (;;) {
+        UniqueFd c(::accept(listener_.get(), nullptr, nullptr));
+        if (!c) return;
+        ++accepted;
+      }
+    });
+  }
+  ~ClosingListener() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    thread_.join();
+  }
+  [[nodiscard]] const fs::path& path() const { return path_; }
+  std::atomic<int> accepted{0};
+
+ private:
+  TempDir dir_;
+  fs::path path_;
+  UniqueFd listener_;
+  std::thread thread_;
+};
+
+TEST(ClientConnect, ReadyBackoffCapIsConfigurable) {
+  EXPECT_EQ(ClientOptions{}.ready_poll_max, 50ms) << "the default is unchanged";
+  auto attempts = [](std::chrono::milliseconds cap) {
+    ClosingListener l;
+    ClientOptions o;
+    o.io_timeout = 1s;
+    o.ready_poll_max = cap;
+    Client c(Endpoint::unix_socket(l.path()), o);
+    EXPECT_THROW((void)c.wait_ready(Clock::now() + 400ms), Error) << "ready without an agent";
+    std::this_thread::sleep_for(20ms);  // let the acceptor count the last one
+    return l.accepted.load();
+  };
+  int slow = attempts(50ms), fast = attempts(2ms);
+  // 1+2+4+8+16+32 ms, then every 50: about 12 tries in 400 ms; every 2 ms: well over 100.
+  EXPECT_LE(slow, 20);
+  EXPECT_GE(fast, 3 * slow) << "slow " << slow << ", fast " << fast;
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::pair<FrameType, std::string_view>, 17> kTypes{{
+constexpr std::array<std::pair<FrameType, std::string_view>, 18> kTypes{{
     {FrameType::kHello, "HELLO"},
     {FrameType::kExec, "EXEC"},
     {FrameType::kStarted, "STARTED"},
@@ -31,9 +31,10 @@ constexpr std::array<std::pair<FrameType, std::string_view>, 17> kTypes{{
     {FrameType::kOk, "OK"},
     {FrameType::kError, "ERROR"},
     {FrameType::kPowerOff, "POWER_OFF"},
+    {FrameType::kRestore, "RESTORE"},
 }};
 
-constexpr std::array<std::pair<ErrorCode, std::string_view>, 9> kErrorCodes{{
+constexpr std::array<std::pair<ErrorCode, std::string_view>, 10> kErrorCodes{{
     {ErrorCode::kProtocol, "protocol"},
     {ErrorCode::kUnsupportedVersion, "unsupported_version"},
     {ErrorCode::kBadRequest, "bad_request"},
@@ -42,6 +43,7 @@ constexpr std::array<std::pair<ErrorCode, std::string_view>, 9> kErrorCodes{{
     {ErrorCode::kExecFailed, "exec_failed"},
     {ErrorCode::kBusy, "busy"},
     {ErrorCode::kFileError, "file_error"},
+    {ErrorCode::kRestoreFailed, "restore_failed"},
     {ErrorCode::kInternal, "internal"},
 }};
 
@@ -170,6 +172,39 @@ std::string dump(const json& j) {
 }
 std::string dump_lossy(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+constexpr char kHexDigits[] = "0123456789abcdef";
+
+std::string to_hex(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    auto b = static_cast<unsigned char>(c);
+    out.push_back(kHexDigits[b >> 4]);
+    out.push_back(kHexDigits[b & 0xf]);
+  }
+  return out;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// What decode<RestoreRequest> refuses, as a reason (empty: valid). Shared by the encoder, which
+// refuses its caller's input the same way.
+std::string restore_problem(const RestoreRequest& m) {
+  if (m.realtime_ns <= 0) return "RESTORE.realtime_ns must be a positive time since the epoch";
+  if (m.entropy.size() < kMinRestoreEntropy || m.entropy.size() > kMaxRestoreEntropy)
+    return "RESTORE.entropy must be " + std::to_string(kMinRestoreEntropy) + ".." +
+           std::to_string(kMaxRestoreEntropy) + " bytes, not " + std::to_string(m.entropy.size());
+  if (!valid_hostname(m.hostname))
+    return "RESTORE.hostname must be 1.." + std::to_string(kMaxHostname) +
+           " letters, digits, '-', '_' or '.'";
+  return {};
+}
+
 }  // namespace
 
 bool is_known_type(uint8_t type) {
@@ -188,6 +223,30 @@ bool is_json_type(FrameType type) {
     default:
       return true;
   }
+}
+
+uint32_t min_version_for(FrameType type) { return type == FrameType::kRestore ? kRestoreVersion : 1; }
+
+void check_frame_version(FrameType type, uint32_t version) {
+  uint32_t need = min_version_for(type);
+  if (version < need)
+    fail(std::string(type_name(type)) + " needs protocol version " + std::to_string(need) +
+         ", this session speaks version " + std::to_string(version));
+}
+
+std::optional<uint32_t> negotiate_version(const HelloRequest& offer) {
+  if (offer.min_version > offer.max_version || offer.min_version > kProtocolVersion ||
+      offer.max_version < kMinProtocolVersion)
+    return std::nullopt;
+  return std::min(offer.max_version, kProtocolVersion);
+}
+
+bool valid_hostname(std::string_view name) {
+  if (name.empty() || name.size() > kMaxHostname) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+           c == '.';
+  });
 }
 
 std::string_view type_name(FrameType type) {
@@ -336,6 +395,15 @@ std::string encode(const ReadFileRequest& m) { return dump({{"path", m.path}, {"
 std::string encode(const FileInfo& m) { return dump({{"size", m.size}, {"mode", m.mode}}); }
 
 std::string encode(const PowerOffRequest& m) { return dump({{"status", m.status}}); }
+
+std::string encode(const RestoreRequest& m) {
+  if (std::string why = restore_problem(m); !why.empty()) throw Error("agent protocol: " + why);
+  return dump({{"realtime_ns", m.realtime_ns}, {"entropy", to_hex(m.entropy)}, {"hostname", m.hostname}});
+}
+
+std::string encode(const RestoreReply& m) {
+  return dump({{"clock_set", m.clock_set}, {"entropy_credited", m.entropy_credited}, {"hostname_set", m.hostname_set}});
+}
 
 std::string encode(const ErrorInfo& m) {
   return dump_lossy({{"code", error_code_name(m.code)}, {"message", m.message}});
@@ -491,6 +559,39 @@ PowerOffRequest decode<PowerOffRequest>(std::string_view payload) {
   PowerOffRequest m;
   m.status = get_int<int>(j, "status", "POWER_OFF", 0);
   if (m.status < 0 || m.status > 255) fail("POWER_OFF.status must be 0..255");
+  return m;
+}
+
+template <>
+RestoreRequest decode<RestoreRequest>(std::string_view payload) {
+  constexpr std::string_view w = "RESTORE";
+  json j = parse_object(payload, w);
+  RestoreRequest m;
+  m.realtime_ns = get_int<int64_t>(j, "realtime_ns", w);
+  // Length first, so a hostile peer cannot make the agent decode more than the cap.
+  std::string hex = get_string(j, "entropy", w, true);
+  if (hex.size() % 2 != 0) fail("RESTORE.entropy must be hex digits in pairs");
+  if (hex.size() / 2 < kMinRestoreEntropy || hex.size() / 2 > kMaxRestoreEntropy)
+    fail("RESTORE.entropy must be " + std::to_string(kMinRestoreEntropy) + ".." +
+         std::to_string(kMaxRestoreEntropy) + " bytes, not " + std::to_string(hex.size() / 2));
+  m.entropy.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = hex_value(hex[i]), lo = hex_value(hex[i + 1]);
+    if (hi < 0 || lo < 0) fail("RESTORE.entropy must be hex digits");
+    m.entropy.push_back(static_cast<char>((hi << 4) | lo));
+  }
+  m.hostname = get_string(j, "hostname", w, true);
+  if (std::string why = restore_problem(m); !why.empty()) fail(why);
+  return m;
+}
+
+template <>
+RestoreReply decode<RestoreReply>(std::string_view payload) {
+  json j = parse_object(payload, "OK");
+  RestoreReply m;
+  m.clock_set = get_bool(j, "clock_set", "OK");
+  m.entropy_credited = get_bool(j, "entropy_credited", "OK");
+  m.hostname_set = get_bool(j, "hostname_set", "OK");
   return m;
 }
 

@@ -20,9 +20,12 @@
 
 namespace sm::agent {
 
-// Version 1 is the only version so far. A client offers [min, max]; the agent picks the highest
-// version it also speaks, or answers ERROR unsupported_version.
-inline constexpr uint32_t kProtocolVersion = 1;
+// A client offers [min, max]; the agent picks the highest version both speak, or answers ERROR
+// unsupported_version. Version 2 adds RESTORE (per-clone facts after a snapshot restore); a
+// version 1 session is exactly the original protocol.
+inline constexpr uint32_t kMinProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // the highest version this build speaks
+inline constexpr uint32_t kRestoreVersion = 2;   // the first version with RESTORE
 inline constexpr std::string_view kProtocolName = "supermachine-agent";
 
 // The vsock port the agent listens on inside the VM.
@@ -56,11 +59,16 @@ enum class FrameType : uint8_t {
   kError = 16,      // JSON, agent -> host: ErrorInfo; ends the request (and on protocol errors,
                     // the connection)
   kPowerOff = 17,   // JSON, host -> agent: {"status"}: stop everything, power the VM off
+  kRestore = 18,    // JSON, host -> agent (v2): RestoreRequest after a snapshot restore; OK/ERROR
 };
 
 [[nodiscard]] bool is_known_type(uint8_t type);
 [[nodiscard]] bool is_json_type(FrameType type);
 [[nodiscard]] std::string_view type_name(FrameType type);
+// The first protocol version in which `type` may be sent (1 for the original frames).
+[[nodiscard]] uint32_t min_version_for(FrameType type);
+// Throws ProtocolError when `type` does not exist in the session's negotiated `version`.
+void check_frame_version(FrameType type, uint32_t version);
 
 // Malformed or unexpected input from the peer. Derives from GuestError because on the host the
 // peer is the guest; inside the guest the agent catches it per connection.
@@ -98,7 +106,7 @@ class FrameDecoder {
 // ---- Messages ------------------------------------------------------------------------------
 
 struct HelloRequest {
-  uint32_t min_version = kProtocolVersion;
+  uint32_t min_version = kMinProtocolVersion;
   uint32_t max_version = kProtocolVersion;
 };
 
@@ -108,6 +116,15 @@ struct HelloReply {
   bool init = false;      // running as PID 1 inside a VM (false: --no-init on a host)
   std::string hostname;
 };
+
+// The version an agent speaking [kMinProtocolVersion, kProtocolVersion] picks for `offer`: the
+// highest both speak, or nullopt when the ranges do not meet (ERROR unsupported_version).
+[[nodiscard]] std::optional<uint32_t> negotiate_version(const HelloRequest& offer);
+
+// The hostname rule shared by the host (container specs), the boot configuration
+// (sm.hostname) and RESTORE: 1..64 characters, each a letter, digit, '-', '_' or '.'.
+inline constexpr size_t kMaxHostname = 64;
+[[nodiscard]] bool valid_hostname(std::string_view name);
 
 struct TtySize {
   uint16_t rows = 24;
@@ -177,6 +194,28 @@ struct PowerOffRequest {
   int status = 0;
 };
 
+// RESTORE (protocol v2): the facts that differ between clones of one snapshot, set right after
+// the restore, before anything runs in the clone. The agent sets the wall clock, mixes in (and
+// credits) the entropy and reseeds the kernel's CRNG at once, and sets the hostname.
+inline constexpr size_t kMinRestoreEntropy = 32;   // bytes: one full CRNG seed
+inline constexpr size_t kMaxRestoreEntropy = 512;  // bytes: the kernel's input pool size
+struct RestoreRequest {
+  int64_t realtime_ns = 0;  // the host's CLOCK_REALTIME, ns since the epoch (> 0)
+  std::string entropy;      // raw bytes, kMinRestoreEntropy..kMaxRestoreEntropy (hex on the wire)
+  std::string hostname;     // valid_hostname()
+};
+
+// RESTORE's OK payload: which steps changed the kernel's state. As PID 1 in a VM all three are
+// true. Without init (sm-agent --no-init on a host) the clock and hostname are left alone, and
+// the entropy is only mixed into the pool (a plain write, neither credited nor reseeded), so all
+// three are false; the agent's own hostname (HELLO, HOSTNAME of new processes) changes either way.
+struct RestoreReply {
+  bool clock_set = false;         // clock_settime(CLOCK_REALTIME)
+  bool entropy_credited = false;  // RNDADDENTROPY, then RNDRESEEDCRNG
+  bool hostname_set = false;      // sethostname()
+  bool operator==(const RestoreReply&) const = default;
+};
+
 enum class ErrorCode {
   kProtocol,              // malformed or unexpected frame; the agent closes the connection
   kUnsupportedVersion,    // no common protocol version
@@ -186,6 +225,7 @@ enum class ErrorCode {
   kExecFailed,            // could not set the process up: cwd, user, rlimits, tty (126)
   kBusy,                  // a main process already exists / no main process to signal
   kFileError,             // write_file / read_file failed (errno in the message)
+  kRestoreFailed,         // a RESTORE step failed (the step and errno in the message)
   kInternal,              // the agent failed on its own side
 };
 [[nodiscard]] std::string_view error_code_name(ErrorCode code);
@@ -210,6 +250,9 @@ struct ErrorInfo {
 [[nodiscard]] std::string encode(const ReadFileRequest& m);
 [[nodiscard]] std::string encode(const FileInfo& m);
 [[nodiscard]] std::string encode(const PowerOffRequest& m);
+// Throws sm::Error (not ProtocolError: the caller's own input) for a request decode would refuse.
+[[nodiscard]] std::string encode(const RestoreRequest& m);
+[[nodiscard]] std::string encode(const RestoreReply& m);
 [[nodiscard]] std::string encode(const ErrorInfo& m);
 [[nodiscard]] std::string encode_ok();
 
@@ -226,6 +269,8 @@ template <> WriteFileRequest decode<WriteFileRequest>(std::string_view);
 template <> ReadFileRequest decode<ReadFileRequest>(std::string_view);
 template <> FileInfo decode<FileInfo>(std::string_view);
 template <> PowerOffRequest decode<PowerOffRequest>(std::string_view);
+template <> RestoreRequest decode<RestoreRequest>(std::string_view);
+template <> RestoreReply decode<RestoreReply>(std::string_view);
 template <> ErrorInfo decode<ErrorInfo>(std::string_view);
 // Validates that an OK payload is a JSON object (its fields are informational).
 void decode_ok(std::string_view payload);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <random>
 
 namespace sm::agent {
@@ -51,7 +53,7 @@ TEST(AgentProtocol, OversizeFrameIsRejectedAtItsHeader) {
 }
 
 TEST(AgentProtocol, UnknownTypeIsRejected) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{18}, uint8_t{200}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{19}, uint8_t{200}, uint8_t{255}}) {
     FrameDecoder d;
     d.feed(header(0, t));
     EXPECT_THROW((void)d.next(), ProtocolError) << "type " << int(t);
@@ -205,7 +207,7 @@ TEST(AgentProtocol, RandomInputNeverCrashesTheDecoders) {
     if (round % 3 == 0 && junk.size() >= 5) {  // plausible headers get further in
       junk[0] = static_cast<char>(junk.size() - 5);
       junk[1] = junk[2] = junk[3] = 0;
-      junk[4] = static_cast<char>(1 + rng() % 17);
+      junk[4] = static_cast<char>(1 + rng() % 18);
     }
     FrameDecoder d;
     d.feed(junk);
@@ -227,8 +229,147 @@ TEST(AgentProtocol, RandomInputNeverCrashesTheDecoders) {
         (void)decode<ExitStatus>(*text);
       } catch (const ProtocolError&) {
       }
+      try {
+        (void)decode<RestoreRequest>(*text);
+      } catch (const ProtocolError&) {
+      }
     }
   }
+}
+
+// ---- version 2: negotiation and RESTORE ---------------------------------------------------
+
+TEST(AgentProtocol, VersionNegotiationPicksTheHighestCommonVersion) {
+  EXPECT_EQ(HelloRequest{}.min_version, 1u) << "a new host still talks to a v1 agent";
+  EXPECT_EQ(HelloRequest{}.max_version, 2u);
+  EXPECT_EQ(negotiate_version(HelloRequest{}), 2u);
+  EXPECT_EQ(negotiate_version(HelloRequest{1, 1}), 1u) << "a v1 host gets a v1 session";
+  EXPECT_EQ(negotiate_version(HelloRequest{2, 2}), 2u);
+  EXPECT_EQ(negotiate_version(HelloRequest{1, 9}), 2u) << "a newer host gets what this agent speaks";
+  EXPECT_EQ(negotiate_version(HelloRequest{3, 9}), std::nullopt);
+  EXPECT_EQ(negotiate_version(HelloRequest{0, 0}), std::nullopt);
+  EXPECT_EQ(negotiate_version(HelloRequest{2, 1}), std::nullopt);
+  // What a v1 host sends, byte for byte, still decodes.
+  auto v1 = decode<HelloRequest>(R"({"max_version":1,"min_version":1,"protocol":"supermachine-agent"})");
+  EXPECT_EQ(negotiate_version(v1), 1u);
+}
+
+TEST(AgentProtocol, RestoreIsRefusedInAVersion1Session) {
+  EXPECT_EQ(min_version_for(FrameType::kRestore), 2u);
+  EXPECT_EQ(min_version_for(FrameType::kExec), 1u);
+  EXPECT_THROW(check_frame_version(FrameType::kRestore, 1), ProtocolError);
+  EXPECT_NO_THROW(check_frame_version(FrameType::kRestore, 2));
+  for (uint8_t t = 1; t <= 17; ++t) EXPECT_NO_THROW(check_frame_version(static_cast<FrameType>(t), 1)) << int(t);
+  EXPECT_TRUE(is_known_type(18));
+  EXPECT_TRUE(is_json_type(FrameType::kRestore));
+  EXPECT_EQ(type_name(FrameType::kRestore), "RESTORE");
+}
+
+std::string all_bytes(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i * 37 + 11);
+  return s;
+}
+
+TEST(AgentProtocol, RestoreRequestRoundTrip) {
+  for (size_t n : {kMinRestoreEntropy, size_t{256}, kMaxRestoreEntropy}) {
+    RestoreRequest r{1733250000123456789, all_bytes(n), "clone-7.pool_a"};
+    std::string wire = encode(r);
+    EXPECT_EQ(wire.find('\0'), std::string::npos);
+    auto d = decode<RestoreRequest>(wire);
+    EXPECT_EQ(d.realtime_ns, r.realtime_ns);
+    EXPECT_TRUE(d.entropy == r.entropy) << n << " bytes of entropy came back altered";
+    EXPECT_EQ(d.hostname, r.hostname);
+    EXPECT_NO_THROW((void)encode_frame(FrameType::kRestore, wire));
+  }
+  // Hex on the wire, either case.
+  std::string hex(64, 'A');
+  auto d = decode<RestoreRequest>(R"({"realtime_ns":1,"hostname":"h","entropy":")" + hex + "\"}");
+  EXPECT_EQ(d.entropy, std::string(32, '\xaa'));
+  auto enc = nlohmann::json::parse(encode(RestoreRequest{5, std::string(32, '\x0f'), "h"}));
+  std::string expected_hex;
+  for (int i = 0; i < 32; ++i) expected_hex += "0f";
+  EXPECT_EQ(enc["entropy"], expected_hex);
+  EXPECT_EQ(enc["realtime_ns"], 5);
+}
+
+TEST(AgentProtocol, RestoreRequestValidation) {
+  const std::string hex32(64, '7');
+  auto req = [&](const std::string& fields) { return "{" + fields + "}"; };
+  const std::string ok_time = R"("realtime_ns":1733250000000000000)";
+  const std::string ok_host = R"("hostname":"vm-1")";
+  const std::string ok_entropy = R"("entropy":")" + hex32 + "\"";
+  ASSERT_NO_THROW((void)decode<RestoreRequest>(req(ok_time + "," + ok_entropy + "," + ok_host)));
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"not an object", "[]"},
+      {"not JSON", "{realtime_ns:1}"},
+      {"realtime_ns missing", req(ok_entropy + "," + ok_host)},
+      {"realtime_ns zero", req(R"("realtime_ns":0,)" + ok_entropy + "," + ok_host)},
+      {"realtime_ns negative", req(R"("realtime_ns":-5,)" + ok_entropy + "," + ok_host)},
+      {"realtime_ns a string", req(R"("realtime_ns":"1",)" + ok_entropy + "," + ok_host)},
+      {"realtime_ns fractional", req(R"("realtime_ns":1.5,)" + ok_entropy + "," + ok_host)},
+      {"realtime_ns beyond int64", req(R"("realtime_ns":9223372036854775808,)" + ok_entropy + "," + ok_host)},
+      {"entropy missing", req(ok_time + "," + ok_host)},
+      {"entropy not a string", req(ok_time + R"(,"entropy":[1,2],)" + ok_host)},
+      {"entropy odd length", req(ok_time + R"(,"entropy":")" + hex32 + "7\"," + ok_host)},
+      {"entropy not hex", req(ok_time + R"(,"entropy":")" + std::string(62, '7') + "zz\"," + ok_host)},
+      {"entropy with a sign", req(ok_time + R"(,"entropy":")" + std::string(62, '7') + "-1\"," + ok_host)},
+      {"entropy too short", req(ok_time + R"(,"entropy":")" + std::string(62, '7') + "\"," + ok_host)},
+      {"entropy empty", req(ok_time + R"(,"entropy":"",)" + ok_host)},
+      {"entropy too long", req(ok_time + R"(,"entropy":")" + std::string(1026, '7') + "\"," + ok_host)},
+      {"hostname missing", req(ok_time + "," + ok_entropy)},
+      {"hostname empty", req(ok_time + "," + ok_entropy + R"(,"hostname":"")")},
+      {"hostname too long", req(ok_time + "," + ok_entropy + R"(,"hostname":")" + std::string(65, 'h') + "\"")},
+      {"hostname with a slash", req(ok_time + "," + ok_entropy + R"(,"hostname":"a/b")")},
+      {"hostname with a space", req(ok_time + "," + ok_entropy + R"(,"hostname":"a b")")},
+      {"hostname with NUL", req(ok_time + "," + ok_entropy + R"(,"hostname":"a\u0000b")")},
+      {"hostname not ASCII", req(ok_time + "," + ok_entropy + R"(,"hostname":"caf\u00e9")")},
+      {"hostname a number", req(ok_time + "," + ok_entropy + R"(,"hostname":7)")},
+  };
+  for (const auto& [what, payload] : bad) EXPECT_THROW((void)decode<RestoreRequest>(payload), ProtocolError) << what;
+
+  // The encoder refuses the same things (the caller's mistake: sm::Error, not ProtocolError).
+  const std::vector<std::pair<std::string, RestoreRequest>> refused = {
+      {"time zero", {0, all_bytes(32), "h"}},
+      {"time negative", {-1, all_bytes(32), "h"}},
+      {"entropy short", {1, all_bytes(31), "h"}},
+      {"entropy long", {1, all_bytes(513), "h"}},
+      {"hostname empty", {1, all_bytes(32), ""}},
+      {"hostname bad", {1, all_bytes(32), "a;b"}},
+      {"hostname long", {1, all_bytes(32), std::string(65, 'x')}},
+  };
+  for (const auto& [what, r] : refused) {
+    try {
+      (void)encode(r);
+      ADD_FAILURE() << what << ": encoded";
+    } catch (const ProtocolError&) {
+      ADD_FAILURE() << what << ": a ProtocolError blames the peer";
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST(AgentProtocol, RestoreReplyAndError) {
+  RestoreReply all{true, true, true};
+  EXPECT_EQ(decode<RestoreReply>(encode(all)), all);
+  EXPECT_EQ(decode<RestoreReply>(encode(RestoreReply{false, true, false})), (RestoreReply{false, true, false}));
+  EXPECT_EQ(decode<RestoreReply>("{}"), RestoreReply{}) << "an OK without details applied nothing known";
+  EXPECT_THROW((void)decode<RestoreReply>(R"({"clock_set":"yes"})"), ProtocolError);
+  EXPECT_THROW((void)decode<RestoreReply>("[]"), ProtocolError);
+  auto e = decode<ErrorInfo>(encode(ErrorInfo{ErrorCode::kRestoreFailed, "sethostname: x (errno 1)"}));
+  EXPECT_EQ(e.code, ErrorCode::kRestoreFailed);
+  EXPECT_EQ(error_code_name(ErrorCode::kRestoreFailed), "restore_failed");
+  EXPECT_EQ(exit_code_for(ErrorCode::kRestoreFailed), 125);
+}
+
+TEST(AgentProtocol, HostnameRule) {
+  for (const char* good : {"a", "vm-1", "web_2.example", "A1", "0", "..", "x-_."})
+    EXPECT_TRUE(valid_hostname(good)) << good;
+  EXPECT_TRUE(valid_hostname(std::string(64, 'h')));
+  EXPECT_FALSE(valid_hostname(std::string(65, 'h')));
+  for (const char* bad : {"", "a b", "a/b", "a:b", "a\tb", "a$", "\xc3\xa9", "a\nb"})
+    EXPECT_FALSE(valid_hostname(bad)) << bad;
+  EXPECT_FALSE(valid_hostname(std::string_view("a\0b", 3)));
 }
 
 }  // namespace

@@ -224,6 +224,30 @@ TEST_F(AgentVmTest, ErofsImageScratchDiskAndDetachedMain) {
   EXPECT_EQ(vm.proc->wait(60s), 9) << vm.describe();
 }
 
+// RESTORE as PID 1: what a clone of a snapshot is sent right after the restore (here on a
+// freshly booted VM: the agent cannot tell the difference).
+TEST_F(AgentVmTest, RestoreSetsClockEntropyAndHostname) {
+  TempDir work;
+  fs::path img = make_image(work.path(), "ext4");
+  Vm vm({img.string() + ":ro"}, "");
+  Client c = vm.client();
+  EXPECT_EQ(c.hello().version, 2u) << vm.describe();
+  RestoreRequest req;
+  req.realtime_ns = 2208988800LL * 1000000000LL + 123;  // 2040-01-01T00:00:00Z: unmistakable
+  std::mt19937 rng(11);
+  req.entropy.resize(64);
+  for (auto& ch : req.entropy) ch = static_cast<char>(rng());
+  req.hostname = "clone_1.pool";
+  EXPECT_EQ(c.restore(req), (RestoreReply{true, true, true})) << vm.describe();
+  EXPECT_EQ(c.exec(cmd({"date", "-u", "+%Y"})).out, "2040\n");
+  EXPECT_EQ(c.exec(cmd({"sh", "-c", "hostname; echo $HOSTNAME; cat /proc/sys/kernel/hostname"})).out,
+            "clone_1.pool\nclone_1.pool\nclone_1.pool\n");
+  EXPECT_EQ(c.hello().hostname, "clone_1.pool");
+  EXPECT_EQ(c.exec(cmd({"head", "-c", "16", "/dev/urandom"})).out.size(), 16u);
+  c.power_off(0);
+  EXPECT_EQ(vm.proc->wait(60s), 0) << vm.describe();
+}
+
 TEST_F(AgentVmTest, MissingImageDiskPowersOffWith125) {
   TempDir dir;
   std::vector<std::string> argv = {SM_BINARY, "boot", "--kernel", (cache_dir() / "kernel/current/bzImage").string(),
