@@ -1,5 +1,8 @@
 // Guest physical memory: one memfd holding every RAM region back to back, mapped shared into
-// the VMM. The memfd is what a snapshot saves and what a restore maps copy-on-write.
+// the VMM; or, for a VM restored from a snapshot, the snapshot's memory file mapped
+// copy-on-write (MAP_PRIVATE): nothing is copied at restore, clones share the page cache, and
+// the file is never written. save_to() writes either kind to a sparse file (holes for pages
+// that were never written or are all zero).
 //
 // Everything the guest can name (addresses in descriptors, lengths, ring indices) reaches host
 // memory only through the checked accessors here: an address or length outside RAM raises
@@ -9,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -34,6 +38,16 @@ class GuestMemory {
   // Creates a memfd sized for all regions and maps it. Regions must be page aligned, sorted,
   // and must not overlap.
   static GuestMemory create(std::span<const RegionSpec> regions);
+  // Maps `file` (regions back to back, as save_to() writes them) copy-on-write. The file must be
+  // exactly as large as the regions; throws sm::Error otherwise.
+  static GuestMemory map_private(const std::filesystem::path& file, std::span<const RegionSpec> regions);
+
+  // Writes every region, back to back, to a new sparse file at `path` (which must not exist).
+  // Only ranges that may hold data are read (SEEK_DATA on the memfd, or the source file's data
+  // plus the pages the guest dirtied in a private mapping), and all-zero pages stay holes.
+  // The guest must not run meanwhile. Returns the bytes of data written.
+  uint64_t save_to(const std::filesystem::path& path) const;
+  [[nodiscard]] bool is_private_mapping() const { return private_; }
 
   GuestMemory(GuestMemory&&) noexcept;
   GuestMemory& operator=(GuestMemory&&) noexcept;
@@ -74,6 +88,7 @@ class GuestMemory {
 
   UniqueFd fd_;
   std::vector<MemoryRegion> regions_;
+  bool private_ = false;  // fd_ is a snapshot file mapped MAP_PRIVATE
 };
 
 }  // namespace sm

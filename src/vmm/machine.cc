@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstring>
+#include <fstream>
 
 #include "arch/x86_64/boot_cpu.h"
 #include "arch/x86_64/boot_params.h"
@@ -28,6 +29,7 @@
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
+#include "common/build_id.h"
 
 namespace sm::vmm {
 namespace {
@@ -65,12 +67,16 @@ struct Overloaded : Ts... {
 template <class... Ts>
 Overloaded(Ts...) -> Overloaded<Ts...>;
 
-// Guest-caused device errors are logged, but a guest must not be able to flood the log.
-void log_guest_error(const char* where, const std::exception& e) {
-  static std::atomic<uint64_t> count{0};
-  uint64_t n = count.fetch_add(1);
-  if (n < 10) spdlog::warn("{}: guest error: {}", where, e.what());
-  else if (n == 10) spdlog::warn("more guest errors follow; not logging them");
+namespace fs = std::filesystem;
+using snapshot::SnapshotError;
+
+// How long snapshot() waits for every vCPU and the I/O thread to stop.
+constexpr auto kPauseTimeout = std::chrono::seconds(10);
+
+std::vector<std::byte> encoded(const auto& state) {
+  snapshot::Encoder e;
+  save(e, state);
+  return e.take();
 }
 
 }  // namespace
@@ -88,13 +94,53 @@ struct Machine::ConsoleInput {
 Machine::Machine(MachineConfig cfg) : cfg_(std::move(cfg)) {
   validate(cfg_, host_ram_bytes());
   hv_ = hv::Hypervisor::open();
+  mem_.emplace(GuestMemory::create(x86::memory_layout(cfg_.memory_mib << 20)));
+  build_platform();
+  boot_kernel();
+  mmio_bus_.freeze();
+  pio_bus_.freeze();
+}
 
-  const uint64_t ram = cfg_.memory_mib << 20;
-  mem_.emplace(GuestMemory::create(x86::memory_layout(ram)));
+// What restoring needs from the snapshot, decoded and checked before anything uses it.
+struct Machine::Restore {
+  const snapshot::StateFile& file;
+  MachineShape shape;
+  fs::path dir;
+};
+
+Machine::Machine(MachineConfig cfg, const fs::path& dir) : cfg_(std::move(cfg)) {
+  validate(cfg_, host_ram_bytes());
+  auto file = std::make_unique<snapshot::StateFile>(snapshot::StateFile::read(dir / "state"));
+  snapshot::Decoder md(file->section("machine"), "machine");
+  Restore r{*file, load_machine_shape(md), dir};
+  const auto layout = x86::memory_layout(cfg_.memory_mib << 20);
+  {
+    // The memory check first: it says "memory differs" rather than "the file has the wrong size".
+    MachineShape wanted = r.shape;
+    wanted.memory.clear();
+    for (const auto& region : layout) wanted.memory.emplace_back(region.gpa, region.size);
+    if (auto why = shape_mismatch(r.shape, wanted))
+      throw SnapshotError(fmt::format("cannot restore {}: {}", dir.string(), *why));
+  }
+  hv_ = hv::Hypervisor::open();
+  mem_.emplace(GuestMemory::map_private(dir / "memory", layout));
+  build_platform();
+  setup_devices(&r);
+  cmdline_ = r.shape.cmdline;
+  restore_state(r);
+  mmio_bus_.freeze();
+  pio_bus_.freeze();
+  restored_state_ = std::move(file);
+}
+
+void Machine::build_platform() {
   vm_ = hv_->create_vm();
   vm_->map_memory(*mem_);
   vm_->create_irqchip();
+}
 
+void Machine::boot_kernel() {
+  const uint64_t ram = cfg_.memory_mib << 20;
   x86::LoadedKernel kernel;
   try {
     MappedFile file(cfg_.kernel, "kernel");
@@ -112,7 +158,7 @@ Machine::Machine(MachineConfig cfg) : cfg_(std::move(cfg)) {
     }
   }
 
-  setup_devices();
+  setup_devices(nullptr);
 
   std::vector<VirtioMmioSlot> slots;
   for (size_t i = 0; i < transports_.size(); ++i)
@@ -136,19 +182,86 @@ Machine::Machine(MachineConfig cfg) : cfg_(std::move(cfg)) {
     if (i == 0) vcpu->set_boot_state(x86::boot_cpu_state(kernel.entry));
     vcpus_.push_back(std::move(vcpu));
   }
-
-  mmio_bus_.freeze();
-  pio_bus_.freeze();
 }
 
-void Machine::setup_devices() {
-  auto line = [&](uint32_t gsi) { return std::shared_ptr<Interrupt>(vm_->irq(gsi)); };
+void Machine::restore_state(const Restore& r) {
+  const auto supported = hv_->supported_cpuid();
+  std::vector<x86::VcpuState> states;
+  for (unsigned i = 0; i < cfg_.cpus; ++i) {
+    std::string name = fmt::format("vcpu.{}", i);
+    snapshot::Decoder d(r.file.section(name), name);
+    states.push_back(x86::load_vcpu_state(d));
+    d.finish();
+    // The guest saw these CPU features at boot and may use any of them: this host must offer
+    // exactly the same set (what the policy gives here), or the guest could fault on restore.
+    auto cpuid = supported;
+    x86::apply_cpuid_policy(cpuid, i, cfg_.cpus);
+    if (cpuid != states.back().cpuid)
+      throw SnapshotError(fmt::format(
+          "cannot restore {}: the CPU feature set differs from the one the snapshot was made on (CPUID of vCPU {}); "
+          "make the snapshot again on this host",
+          r.dir.string(), i));
+  }
+  for (unsigned i = 0; i < cfg_.cpus; ++i) vcpus_.push_back(vm_->create_vcpu(i));
+  {
+    snapshot::Decoder d(r.file.section("platform"), "platform");
+    x86::PlatformState platform = x86::load_platform_state(d);
+    d.finish();
+    vm_->restore_platform(platform);
+  }
+  for (unsigned i = 0; i < cfg_.cpus; ++i) vcpus_[i]->restore_state(states[i]);
+  // The clone's vsock has no host connections: tell the guest so it drops its own, before it
+  // runs (its listeners survive; the host reconnects).
+  for (auto& t : transports_)
+    if (auto* vsock = dynamic_cast<virtio::Vsock*>(&t->device())) vsock->send_transport_reset();
+}
 
-  serial_ = std::make_shared<devices::Serial>(line(x86::kSerialIrq), cfg_.console);
+MachineShape Machine::shape() const {
+  MachineShape s;
+  for (const auto& region : mem_->regions()) s.memory.emplace_back(region.gpa, region.size);
+  s.cpus = cfg_.cpus;
+  for (size_t i = 0; i < transports_.size(); ++i) {
+    auto& dev = transports_[i]->device();
+    s.devices.push_back({dev.device_id(), x86::virtio_mmio_addr(static_cast<unsigned>(i)),
+                         x86::virtio_irq(static_cast<unsigned>(i)),
+                         static_cast<uint32_t>(dev.queue_max_sizes().size())});
+  }
+  s.cmdline = cmdline_;
+  s.identity = identities();
+  return s;
+}
+
+std::vector<std::pair<std::string, std::string>> Machine::identities() const {
+  std::vector<std::pair<std::string, std::string>> id;
+  id.emplace_back("VMM build", build_identity());
+  id.emplace_back("kernel", file_fingerprint(cfg_.kernel.string()));
+  if (cfg_.initrd) id.emplace_back("initramfs", file_fingerprint(cfg_.initrd->string()));
+  for (size_t i = 0; i < cfg_.disks.size(); ++i)
+    id.emplace_back(fmt::format("disk {}", i), file_fingerprint(cfg_.disks[i].path.string()));
+  for (const auto& kv : cfg_.identity) id.push_back(kv);
+  return id;
+}
+
+void Machine::setup_devices(const Restore* r) {
+  auto line = [&](uint32_t gsi) { return std::shared_ptr<Interrupt>(vm_->irq(gsi)); };
+  auto decoder = [&](const std::string& name) { return snapshot::Decoder(r->file.section(name), name); };
+
+  auto on_reset = [this] { stop(kStatusReset, "guest reset (i8042)"); };
+  if (r) {
+    auto d = decoder("serial");
+    auto serial_state = devices::load_serial_state(d);
+    d.finish();
+    serial_ = std::make_shared<devices::Serial>(line(x86::kSerialIrq), cfg_.console, serial_state);
+    auto d2 = decoder("i8042");
+    auto i8042_state = devices::load_i8042_state(d2);
+    d2.finish();
+    i8042_ = std::make_shared<devices::I8042>(line(x86::kI8042Irq), on_reset, i8042_state);
+  } else {
+    serial_ = std::make_shared<devices::Serial>(line(x86::kSerialIrq), cfg_.console);
+    i8042_ = std::make_shared<devices::I8042>(line(x86::kI8042Irq), on_reset);
+  }
   pio_bus_.add(x86::kCom1Port, x86::kCom1PortCount, serial_);
-  pio_bus_.add(x86::kI8042DataPort, devices::I8042::kPortCount,
-               std::make_shared<devices::I8042>(line(x86::kI8042Irq),
-                                                [this] { stop(kStatusReset, "guest reset (i8042)"); }));
+  pio_bus_.add(x86::kI8042DataPort, devices::I8042::kPortCount, i8042_);
   pio_bus_.add(x86::kExitPort, devices::ExitDevice::kPortCount,
                std::make_shared<devices::ExitDevice>(
                    [this](uint8_t n) { stop(n, fmt::format("guest exit status {}", n)); }));
@@ -163,11 +276,34 @@ void Machine::setup_devices() {
   devs.push_back(std::make_shared<virtio::Rng>());
   if (cfg_.vsock_uds) devs.push_back(virtio::Vsock::create(loop_, cfg_.vsock_cid, cfg_.vsock_uds->string()));
 
+  if (r) {
+    // The devices this configuration gives must be the ones the snapshot holds, slot by slot,
+    // before any of their state is read.
+    MachineShape wanted = r->shape;
+    wanted.devices.clear();
+    for (size_t i = 0; i < devs.size(); ++i)
+      wanted.devices.push_back({devs[i]->device_id(), x86::virtio_mmio_addr(static_cast<unsigned>(i)),
+                                x86::virtio_irq(static_cast<unsigned>(i)),
+                                static_cast<uint32_t>(devs[i]->queue_max_sizes().size())});
+    wanted.cpus = cfg_.cpus;
+    wanted.identity = identities();
+    if (auto why = shape_mismatch(r->shape, wanted))
+      throw SnapshotError(fmt::format("cannot restore {}: {}", r->dir.string(), *why));
+  }
+
   for (size_t i = 0; i < devs.size(); ++i) {
     const uint64_t addr = x86::virtio_mmio_addr(static_cast<unsigned>(i));
     const size_t nqueues = devs[i]->queue_max_sizes().size();
-    auto t = std::make_shared<virtio::MmioTransport>(*mem_, devs[i],
-                                                     line(x86::virtio_irq(static_cast<unsigned>(i))));
+    auto irq = line(x86::virtio_irq(static_cast<unsigned>(i)));
+    std::shared_ptr<virtio::MmioTransport> t;
+    if (r) {
+      auto d = decoder(fmt::format("virtio.{}", i));
+      auto state = virtio::load_mmio_transport_state(d);
+      d.finish();
+      t = std::make_shared<virtio::MmioTransport>(*mem_, devs[i], std::move(irq), state);
+    } else {
+      t = std::make_shared<virtio::MmioTransport>(*mem_, devs[i], std::move(irq));
+    }
     mmio_bus_.add(addr, virtio::MmioTransport::kSize, t);
     // Queue notifications go straight from KVM to the event loop, without a vCPU exit.
     for (size_t q = 0; q < nqueues; ++q) {
@@ -306,12 +442,146 @@ void Machine::vcpu_thread(hv::Vcpu& vcpu) {
   pthread_setname_np(pthread_self(), fmt::format("sm-vcpu{}", vcpu.id()).c_str());
   try {
     while (!stopping_.load(std::memory_order_acquire)) {
+      if (pause_requested_.load(std::memory_order_acquire)) {
+        park(vcpu);
+        continue;
+      }
       hv::Exit e = vcpu.run();
       handle_exit(vcpu, e);
     }
   } catch (const std::exception& e) {
     fail(fmt::format("vCPU {}: {}", vcpu.id(), e.what()));
   }
+}
+
+// On the vCPU's own thread, out of run(): hand the guest the result of the access it exited
+// for, save its state if a capture asked for it, then wait for resume() (or the end).
+void Machine::park(hv::Vcpu& vcpu) {
+  // A string I/O instruction may need several exits to complete; each is handled as usual.
+  for (int i = 0; i < 4096 && !stopping_.load(); ++i) {
+    hv::Exit e = vcpu.finish_pending_io();
+    if (std::holds_alternative<hv::exit::Interrupted>(e)) break;
+    handle_exit(vcpu, e);
+  }
+  std::unique_lock lock(pause_mu_);
+  const uint64_t gen = pause_gen_;
+  if (pause_capture_) {
+    lock.unlock();
+    std::optional<x86::VcpuState> st;
+    std::string err;
+    try {
+      st = vcpu.save_state();
+    } catch (const std::exception& e) {
+      err = fmt::format("saving vCPU {}: {}", vcpu.id(), e.what());
+    }
+    lock.lock();
+    if (st && vcpu.id() < captured_.size()) captured_[vcpu.id()] = std::move(st);
+    if (!err.empty()) capture_error_ = err;
+  }
+  ++vcpus_parked_;
+  pause_cv_.notify_all();
+  pause_cv_.wait(lock, [&] { return resumed_gen_ >= gen || stopping_.load(); });
+}
+
+void Machine::pause(bool capture) {
+  uint64_t gen;
+  {
+    std::lock_guard lock(pause_mu_);
+    gen = ++pause_gen_;
+    pause_capture_ = capture;
+    vcpus_parked_ = 0;
+    io_parked_ = false;
+    captured_.assign(vcpus_.size(), std::nullopt);
+    capture_error_.clear();
+    pause_requested_.store(true, std::memory_order_release);
+  }
+  // The I/O thread parks in a task of its own: no device callback runs (none writes guest
+  // memory) until resume().
+  loop_.post([this, gen] {
+    std::unique_lock lock(pause_mu_);
+    io_parked_ = true;
+    pause_cv_.notify_all();
+    pause_cv_.wait(lock, [&] { return resumed_gen_ >= gen || stopping_.load(); });
+  });
+  for (auto& v : vcpus_) v->kick();
+  std::unique_lock lock(pause_mu_);
+  bool all = pause_cv_.wait_for(lock, kPauseTimeout, [&] {
+    return (vcpus_parked_ == vcpus_.size() && io_parked_) || stopping_.load();
+  });
+  std::string error;
+  if (stopping_.load()) error = "the VM ended while it was being paused";
+  else if (!all)
+    error = fmt::format("the VM did not pause within {} s ({} of {} vCPUs and {} I/O thread stopped)",
+                        kPauseTimeout.count(), vcpus_parked_, vcpus_.size(), io_parked_ ? "the" : "not the");
+  else if (!capture_error_.empty()) error = capture_error_;
+  lock.unlock();
+  if (!error.empty()) {
+    resume();
+    throw Error(error);
+  }
+}
+
+void Machine::resume() {
+  {
+    std::lock_guard lock(pause_mu_);
+    pause_requested_.store(false, std::memory_order_release);
+    resumed_gen_ = pause_gen_;
+  }
+  pause_cv_.notify_all();
+}
+
+Machine::SnapshotStats Machine::snapshot(const fs::path& dir, const SnapshotOptions& options) {
+  std::lock_guard one(snapshot_mu_);
+  if (!started_ || stopping_.load()) throw Error("cannot snapshot the VM: it is not running");
+  for (const auto& d : cfg_.disks)
+    if (!d.read_only)
+      throw Error(fmt::format("cannot snapshot a VM with a writable disk ({}): the disk would have to be captured "
+                              "with it, which supermachine does not do yet",
+                              d.path.string()));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(fmt::format("cannot create the snapshot directory {}: {}", dir.string(), ec.message()));
+  const fs::path mem_file = dir / "memory", state_file = dir / "state";
+  if (fs::exists(mem_file) || fs::exists(state_file))
+    throw Error(fmt::format("{} already holds a snapshot; remove it or choose another directory", dir.string()));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  pause(true);
+  SnapshotStats stats;
+  try {
+    std::vector<snapshot::Section> sections;
+    sections.push_back({"machine", encoded(shape())});
+    sections.push_back({"platform", encoded(vm_->save_platform())});
+    for (size_t i = 0; i < vcpus_.size(); ++i) {
+      std::lock_guard lock(pause_mu_);
+      if (!captured_[i]) throw Error(fmt::format("vCPU {} was not captured", i));
+      sections.push_back({fmt::format("vcpu.{}", i), encoded(*captured_[i])});
+    }
+    sections.push_back({"serial", encoded(serial_->save_state())});
+    sections.push_back({"i8042", encoded(i8042_->save_state())});
+    for (size_t i = 0; i < transports_.size(); ++i)
+      sections.push_back({fmt::format("virtio.{}", i), encoded(transports_[i]->save_state())});
+    for (const auto& extra : options.extra) sections.push_back(extra);
+    // Memory first, the state file last: a directory with a state file holds a whole snapshot.
+    stats.memory_bytes = mem_->save_to(mem_file);
+    snapshot::write_state_file(state_file, sections);
+  } catch (...) {
+    fs::remove(mem_file, ec);
+    fs::remove(state_file, ec);
+    resume();
+    throw;
+  }
+  stats.paused = std::chrono::steady_clock::now() - t0;
+  spdlog::debug("snapshot {}: {} MiB of memory data, paused {} ms", dir.string(), stats.memory_bytes >> 20,
+                std::chrono::duration_cast<std::chrono::milliseconds>(stats.paused).count());
+  if (options.resume) resume();
+  return stats;
+}
+
+void Machine::log_guest_error(const char* where, const std::exception& e) {
+  uint64_t n = guest_errors_.fetch_add(1);
+  if (n < 10) spdlog::warn("{}: guest error: {}", where, e.what());
+  else if (n == 10) spdlog::warn("more guest errors follow from this VM; not logging them");
 }
 
 void Machine::handle_exit(hv::Vcpu& vcpu, hv::Exit& exit) {
@@ -364,6 +634,10 @@ void Machine::stop(int status, std::string reason) {
   for (auto& v : vcpus_) v->kick();
   loop_.stop();
   stop_cv_.notify_all();
+  {
+    std::lock_guard lock(pause_mu_);  // a parked thread sees stopping_ before it waits again
+  }
+  pause_cv_.notify_all();
 }
 
 void Machine::fail(const std::string& reason) {

@@ -12,11 +12,19 @@
 //   vCPU internal error, failed entry, or a VMM failure on a vCPU thread   1 (error logged)
 // wait() returns once every thread has been joined; the destructor closes every fd it opened
 // and removes the vsock socket.
+//
+// Snapshots (docs/snapshot-format.md): snapshot() pauses every vCPU at an instruction boundary
+// (a completed MMIO/PIO access is handed to the guest first, so nothing is replayed) and the
+// I/O thread, saves guest memory and every piece of state, and resumes. The restoring
+// constructor builds the same platform and loads that state instead of booting a kernel; the
+// clone's memory is the snapshot's memory file mapped copy-on-write.
 #pragma once
 
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
+#include <filesystem>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -25,20 +33,33 @@
 #include <thread>
 #include <vector>
 
+#include "arch/x86_64/cpu_state.h"
 #include "hypervisor/hypervisor.h"
 #include "vmm/bus.h"
 #include "vmm/event_loop.h"
 #include "vmm/guest_memory.h"
 #include "vmm/machine_config.h"
+#include "vmm/machine_shape.h"
+#include "snapshot/format.h"
 
 namespace sm::devices {
 class Serial;
+class I8042;
 }
 namespace sm::virtio {
 class MmioTransport;
 }
 
 namespace sm::vmm {
+
+struct SnapshotOptions {
+  bool resume = true;  // false: the VM stays paused afterwards, until stop()
+  std::vector<snapshot::Section> extra;  // the owner's own sections (names must not clash)
+};
+struct SnapshotStats {
+  uint64_t memory_bytes = 0;  // data written to the memory file
+  std::chrono::nanoseconds paused{0};
+};
 
 class Machine {
  public:
@@ -49,6 +70,12 @@ class Machine {
   // Validates cfg, opens the hypervisor, builds memory, loads the kernel and initrd, writes the
   // boot structures and creates vCPUs and devices. Nothing runs yet. Throws sm::Error.
   explicit Machine(MachineConfig cfg);
+  // Restores the VM saved in `snapshot_dir` (by snapshot()). cfg gives the host side (disks'
+  // paths, the vsock socket, the console) and must describe the same machine: same memory,
+  // vCPUs, devices, kernel, initramfs, disks and identities, else sm::Error says what differs.
+  // Nothing runs yet; start() runs it from where it was captured. Throws sm::Error
+  // (snapshot::SnapshotError for a damaged or foreign snapshot).
+  Machine(MachineConfig cfg, const std::filesystem::path& snapshot_dir);
   Machine(const Machine&) = delete;
   Machine& operator=(const Machine&) = delete;
   ~Machine();
@@ -65,6 +92,15 @@ class Machine {
   // Ends the VM with `status` (ignored if it is already ending). Thread-safe, non-blocking.
   void stop(int status, std::string reason = {});
 
+  using SnapshotOptions = vmm::SnapshotOptions;
+  using SnapshotStats = vmm::SnapshotStats;
+  // Captures the running VM into `dir` (created if missing; must not hold a snapshot yet):
+  // dir/memory and dir/state. One snapshot at a time; any thread but the VM's own. Throws
+  // sm::Error, leaving the VM running (and no partial snapshot behind).
+  SnapshotStats snapshot(const std::filesystem::path& dir, const SnapshotOptions& options = {});
+  // The restored snapshot's sections, for the owner's own (empty for a booted VM).
+  [[nodiscard]] const snapshot::StateFile* restored_state() const { return restored_state_.get(); }
+
   [[nodiscard]] const std::string& cmdline() const { return cmdline_; }
   // Why the VM ended, in words ("guest reset", "guest exit status 3", ...); empty while running.
   [[nodiscard]] std::string stop_reason() const;
@@ -73,7 +109,17 @@ class Machine {
   [[nodiscard]] std::optional<int> status() const;
 
  private:
-  void setup_devices();
+  struct Restore;
+  void build_platform();
+  void boot_kernel();
+  void restore_state(const Restore& r);
+  [[nodiscard]] MachineShape shape() const;
+  [[nodiscard]] std::vector<std::pair<std::string, std::string>> identities() const;
+  void setup_devices(const Restore* r);
+  void park(hv::Vcpu& vcpu);
+  void pause(bool capture);
+  void resume();
+  void log_guest_error(const char* where, const std::exception& e);
   void setup_console_input();
   void on_console_input();
   void on_input_retry();
@@ -99,6 +145,7 @@ class Machine {
   Bus mmio_bus_{"mmio"};
   Bus pio_bus_{"pio"};
   std::shared_ptr<devices::Serial> serial_;
+  std::shared_ptr<devices::I8042> i8042_;
   std::vector<std::shared_ptr<virtio::MmioTransport>> transports_;
   std::vector<UniqueFd> ioeventfds_;
   std::vector<std::unique_ptr<hv::Vcpu>> vcpus_;
@@ -115,6 +162,22 @@ class Machine {
   bool started_ = false;
   bool joined_ = false;
   bool devices_stopped_ = false;  // on_machine_stopped() called
+
+  std::unique_ptr<snapshot::StateFile> restored_state_;
+  std::atomic<uint64_t> guest_errors_{0};  // per VM, so one noisy guest cannot silence others
+
+  // Pausing (snapshot): vCPU threads and the I/O thread park while pause_requested_ is set.
+  std::mutex snapshot_mu_;  // one snapshot at a time
+  std::atomic<bool> pause_requested_{false};
+  bool pause_capture_ = false;                  // guarded by pause_mu_
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;
+  unsigned vcpus_parked_ = 0;                   // guarded by pause_mu_
+  bool io_parked_ = false;                      // guarded by pause_mu_
+  uint64_t pause_gen_ = 0;                      // guarded by pause_mu_: pauses so far
+  uint64_t resumed_gen_ = 0;                    // guarded by pause_mu_: the last pause resumed
+  std::vector<std::optional<x86::VcpuState>> captured_;  // guarded by pause_mu_, by vCPU id
+  std::string capture_error_;                   // guarded by pause_mu_
 
   std::atomic<bool> stopping_{false};
   mutable std::mutex stop_mu_;

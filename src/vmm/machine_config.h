@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sm::vmm {
@@ -35,6 +36,10 @@ struct MachineConfig {
   // A host fd whose bytes become console input (a TTY, pipe or socket), or -1 for none. It is
   // not closed; a TTY is switched to non-canonical, no-echo mode while the VM runs.
   int console_input_fd = -1;
+  // Facts a snapshot of this machine records and a restore must match, besides what the
+  // machine fingerprints itself (kernel, initrd, disks, the VMM build): e.g. ("rootfs",
+  // the image digest). (what, identity) pairs.
+  std::vector<std::pair<std::string, std::string>> identity;
   // Block SIGINT/SIGTERM in the process while the VM runs and stop it with 130/143 when one
   // arrives. For programs whose whole job is this VM (the CLI).
   bool stop_on_signals = false;
