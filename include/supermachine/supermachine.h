@@ -79,6 +79,21 @@ struct VmConfig {
   std::string working_dir;       // absolute; empty: the image's WorkingDir, else "/"
   std::string user;              // "name", "uid", "name:group", "uid:gid"; empty: the image's, else root
   std::chrono::seconds boot_timeout{120};
+  // Start from the image's bake: a snapshot of it booted with this config and captured once
+  // its agent was ready, restored copy-on-write in milliseconds. The first start of an image
+  // (per cpus/memory/kernel/VMM build) boots and makes the bake; later ones restore it. false:
+  // always boot. VMs with a scratch disk (disk_size_mib > 0) always boot.
+  bool snapshot = true;
+};
+
+// A VM restored from a snapshot of one (Vm::snapshot). The clone gets its own hostname, the
+// host's wall clock and fresh entropy; env, working_dir and user are its execs' defaults.
+struct RestoreOptions {
+  std::string hostname = "supermachine";
+  std::vector<std::string> env;
+  std::string working_dir;
+  std::string user;
+  std::chrono::seconds timeout{30};  // for the restored agent to answer
 };
 
 // Per-exec overrides of the VM's defaults.
@@ -119,6 +134,11 @@ class Vm {
   // Boots `image` and waits until its agent answers. Throws sm::Error (with the end of the guest
   // console) when the VM cannot be built or does not come up within config.boot_timeout.
   [[nodiscard]] static Vm start(const Image& image, const VmConfig& config = {});
+  // A clone of the VM captured in `snapshot` (a directory Vm::snapshot wrote). Many clones of
+  // one snapshot may run at once; each maps its memory copy-on-write and never changes the
+  // snapshot. Throws sm::Error when the snapshot is damaged, was made by another build, kernel
+  // or CPU, or its image's root filesystem changed.
+  [[nodiscard]] static Vm restore(const std::filesystem::path& snapshot, const RestoreOptions& options = {});
 
   Vm(Vm&&) noexcept;
   Vm& operator=(Vm&&) noexcept;
@@ -136,6 +156,13 @@ class Vm {
   // Reads a regular file of the VM (at most 64 MiB).
   [[nodiscard]] std::string read_file(const std::string& path);
 
+  // Captures the running VM into `dir` (created; must not hold a snapshot yet): its memory,
+  // processes and files as they are now. The VM pauses meanwhile and then runs on. Connections
+  // and requests in flight carry on here; in clones they end with an error. Returns `dir`.
+  std::filesystem::path snapshot(const std::filesystem::path& dir);
+  // True when this VM started from a snapshot (a bake or Vm::restore) rather than a boot.
+  [[nodiscard]] bool restored() const;
+
   // Powers the VM off and removes its files. Idempotent; afterwards every call but running()
   // throws sm::Error.
   void stop();
@@ -148,9 +175,44 @@ class Vm {
 
  private:
   struct Impl;
+  friend class Pool;
   explicit Vm(std::unique_ptr<Impl> impl);
   Impl& impl() const;
   std::unique_ptr<Impl> impl_;
+};
+
+struct PoolConfig {
+  VmConfig vm;             // every VM of the pool is a clone of this config's bake
+  std::size_t min = 2;     // VMs kept restored and ready to hand out
+  std::size_t max = 16;    // VMs alive at once (ready + handed out); acquire() waits beyond it
+  // Ready VMs unused this long are stopped (memory back to the host) until the next acquire();
+  // 0: keep them.
+  std::chrono::seconds idle_timeout{0};
+  std::chrono::seconds acquire_timeout{60};  // acquire() throws when no VM is ready by then
+};
+
+// A warm pool: VMs restored ahead of time from the image's bake, handed out one per acquire().
+// A handed-out VM belongs to the caller; destroying it (or stop()) discards it, and the pool
+// restores a fresh one in the background: no VM is ever handed out twice. A ready VM that died
+// is replaced. Destroying the pool stops its ready VMs and its background thread; VMs handed
+// out live on until their owners drop them. Thread-safe.
+class Pool {
+ public:
+  // Makes the bake first (booting once) when the image has none for config.vm.
+  explicit Pool(const Image& image, const PoolConfig& config = {});
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // A ready VM (restoring one now when none is). Throws sm::Error on acquire_timeout or when
+  // the pool cannot restore VMs.
+  [[nodiscard]] Vm acquire();
+  [[nodiscard]] std::size_t ready() const;  // VMs restored and waiting
+  [[nodiscard]] std::size_t alive() const;  // ready + handed out and not yet dropped
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace sm

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "api/image_impl.h"
+#include "api/vm_impl.h"
 #include "common/error.h"
 #include "runtime/container.h"
 
@@ -19,9 +19,6 @@ namespace sm {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-// A private directory for the VM's sockets and console, under $TMPDIR (else /tmp).
 fs::path make_vm_dir() {
   const char* t = std::getenv("TMPDIR");
   std::string tmpl = (fs::path(t && *t ? t : "/tmp") / "sm-vm.XXXXXX").string();
@@ -33,103 +30,6 @@ void check_working_dir(const std::string& dir) {
   if (!dir.empty() && dir.front() != '/') throw Error(fmt::format("the working directory '{}' is not absolute", dir));
 }
 
-}  // namespace
-
-struct Vm::Impl {
-  Image image;
-  VmConfig config;
-  // A request holds its own reference to the container for its whole length, so stop() on
-  // another thread can take it from here at any time: the machine ends, its vsock connections
-  // close, and the request fails with "the VM ended".
-  mutable std::mutex mu;  // guards container and dir
-  std::shared_ptr<runtime::ContainerVm> container;
-  fs::path dir;
-
-  explicit Impl(Image img) : image(std::move(img)) {}
-  ~Impl() { stop(); }
-
-  void stop() noexcept {
-    std::shared_ptr<runtime::ContainerVm> c;
-    fs::path d;
-    {
-      std::lock_guard lock(mu);
-      c = std::exchange(container, nullptr);
-      d = std::exchange(dir, fs::path());
-    }
-    if (c) {
-      try {
-        // Nothing in the VM outlives it (the writable layer and scratch disk go with it), so
-        // there is nothing for the agent to sync: end the VMM directly.
-        if (!c->status()) c->stop(0);
-        c->wait();
-      } catch (const std::exception& e) {
-        spdlog::warn("stopping the VM: {}", e.what());
-      }
-    }
-    c.reset();  // the last request still running on it destroys it otherwise
-    if (!d.empty()) {
-      std::error_code ec;
-      fs::remove_all(d, ec);
-      if (ec) spdlog::warn("removing {}: {}", d.string(), ec.message());
-    }
-  }
-
-  std::shared_ptr<runtime::ContainerVm> current() const {
-    std::lock_guard lock(mu);
-    return container;
-  }
-
-  std::shared_ptr<runtime::ContainerVm> vm() const {
-    auto c = current();
-    if (!c) throw Error("the VM is stopped");
-    if (auto status = c->status())
-      throw Error(fmt::format("the VM has ended (status {}); guest console:\n{}", *status, c->console_tail()));
-    return c;
-  }
-
-  agent::ExecRequest request(const std::vector<std::string>& argv, const ExecOptions& o) const {
-    if (argv.empty() || argv.front().empty()) throw Error("exec needs a command: argv is empty");
-    runtime::check_env(o.env);
-    const oci::RunConfig& ic = image.impl_->resolved.config;
-    agent::ExecRequest r;
-    r.argv = argv;
-    r.env = runtime::merge_env(runtime::merge_env(ic.env, config.env), o.env);
-    if (!o.working_dir.empty()) {
-      r.cwd = o.working_dir;
-    } else {
-      // The VM's default working directory is created when missing, as Docker does for an
-      // image's WorkingDir; one given for a single exec must exist.
-      r.cwd = config.working_dir.empty() ? ic.working_dir : config.working_dir;
-      r.create_cwd = !r.cwd.empty();
-    }
-    check_working_dir(r.cwd);
-    r.user = !o.user.empty() ? o.user : !config.user.empty() ? config.user : ic.user;
-    r.timeout = o.timeout;
-    return r;
-  }
-
-  // An agent refusal as the public ExecError, naming the command; other errors say whether the
-  // VM is still there.
-  [[noreturn]] static void rethrow(const std::vector<std::string>& argv, const runtime::ContainerVm* c) {
-    try {
-      throw;
-    } catch (const agent::ExecError& e) {
-      std::string why;
-      switch (e.code()) {
-        case agent::ErrorCode::kCommandNotFound: why = "command not found"; break;
-        case agent::ErrorCode::kCommandNotExecutable: why = "not executable"; break;
-        default: why = e.agent_message(); break;
-      }
-      std::string detail = why == e.agent_message() || e.agent_message().empty() ? "" : " (" + e.agent_message() + ")";
-      throw ExecError(fmt::format("cannot run '{}' in the VM: {}{}", argv.front(), why, detail), e.exit_code());
-    } catch (const Error& e) {
-      if (auto status = c ? c->status() : std::nullopt)
-        throw Error(fmt::format("'{}': the VM ended (status {}) during the request: {}", argv.front(), *status,
-                                e.what()));
-      throw;
-    }
-  }
-};
 
 namespace {
 
@@ -167,10 +67,53 @@ Vm Vm::start(const Image& image, const VmConfig& config) {
   spec.memory_mib = config.memory_mib;
   spec.disk_size_mib = config.disk_size_mib;
   spec.boot_timeout = config.boot_timeout;
+  spec.image_reference = image.reference();
+  spec.image_digest = image.digest();
+  // The bake lives beside the image's root filesystem in the store (runtime::bake_path).
+  if (config.snapshot) spec.bake = runtime::bake_path(spec.rootfs.parent_path(), spec);
   impl->dir = make_vm_dir();
   // On failure ~Impl removes the directory.
   impl->container = std::make_shared<runtime::ContainerVm>(spec, impl->dir);
   return Vm(std::move(impl));
+}
+
+Vm Vm::restore(const fs::path& snapshot, const RestoreOptions& options) {
+  runtime::check_env(options.env);
+  check_working_dir(options.working_dir);
+  runtime::SnapshotInfo info = runtime::read_snapshot_info(snapshot);
+  auto image = std::make_shared<Image::Impl>();
+  image->resolved.reference = info.image_reference;
+  if (!info.image_digest.empty()) image->resolved.manifest = oci::Digest::parse(info.image_digest);
+  image->resolved.rootfs = info.rootfs;
+  image->resolved.config = info.image;
+  image->digest = info.image_digest;
+  auto impl = std::make_unique<Impl>(Image(std::move(image)));
+  impl->config.cpus = info.cpus;
+  impl->config.memory_mib = info.memory_mib;
+  impl->config.hostname = options.hostname;
+  impl->config.env = options.env;
+  impl->config.working_dir = options.working_dir;
+  impl->config.user = options.user;
+  runtime::RestoreSettings rs;
+  rs.hostname = options.hostname;
+  rs.timeout = options.timeout;
+  impl->dir = make_vm_dir();
+  impl->container = runtime::ContainerVm::restore(snapshot, rs, impl->dir);
+  return Vm(std::move(impl));
+}
+
+fs::path Vm::snapshot(const fs::path& dir) {
+  try {
+    impl().vm()->snapshot(dir);
+  } catch (const Error& e) {
+    throw Error(fmt::format("cannot snapshot the VM into {}: {}", dir.string(), e.what()));
+  }
+  return dir;
+}
+
+bool Vm::restored() const {
+  auto c = impl().current();
+  return c && !c->restored_from().empty();
 }
 
 ExecResult Vm::exec(const std::vector<std::string>& argv, const ExecOptions& options) {

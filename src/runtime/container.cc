@@ -3,8 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <sys/random.h>
+
 #include <fstream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -12,8 +16,12 @@
 #include "common/error.h"
 #include "common/run_tool.h"
 #include "common/unique_fd.h"
+#include "common/build_id.h"
+#include "oci/digest.h"
 #include "runtime/assets.h"
+#include "snapshot/format.h"
 #include "vmm/machine.h"
+#include "vmm/machine_shape.h"
 
 namespace sm::runtime {
 namespace fs = std::filesystem;
@@ -26,7 +34,118 @@ constexpr uint32_t kNotifyPort = 1025;
 
 std::string_view env_name(std::string_view kv) { return kv.substr(0, kv.find('=')); }
 
+// The section of a snapshot that holds what the runtime knows of the VM (SnapshotInfo).
+constexpr const char* kContainerSection = "container";
+constexpr size_t kMaxStrings = 4096;
+
+std::vector<std::byte> encode_info(const SnapshotInfo& i) {
+  nlohmann::json j = {
+      {"rootfs", i.rootfs.string()},
+      {"image_reference", i.image_reference},
+      {"image_digest", i.image_digest},
+      {"cpus", i.cpus},
+      {"memory_mib", i.memory_mib},
+      {"entrypoint", i.image.entrypoint},
+      {"cmd", i.image.cmd},
+      {"env", i.image.env},
+      {"working_dir", i.image.working_dir},
+      {"user", i.image.user},
+  };
+  std::string text = j.dump();
+  auto b = std::as_bytes(std::span(text.data(), text.size()));
+  return {b.begin(), b.end()};
+}
+
+SnapshotInfo decode_info(std::span<const std::byte> bytes, const fs::path& dir) {
+  auto bad = [&](const std::string& why) {
+    return snapshot::SnapshotError(fmt::format("snapshot {}: its container section is damaged ({})", dir.string(), why));
+  };
+  nlohmann::json j = nlohmann::json::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
+                                           nullptr, false);
+  if (!j.is_object()) throw bad("not a JSON object");
+  auto str = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_string()) throw bad(fmt::format("'{}' is not a string", k));
+    return j[k].get<std::string>();
+  };
+  auto strings = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_array() || j[k].size() > kMaxStrings) throw bad(fmt::format("'{}' is not a list", k));
+    std::vector<std::string> out;
+    for (const auto& e : j[k]) {
+      if (!e.is_string()) throw bad(fmt::format("'{}' holds a non-string", k));
+      out.push_back(e.get<std::string>());
+    }
+    return out;
+  };
+  auto number = [&](const char* k) {
+    if (!j.contains(k) || !j[k].is_number_unsigned()) throw bad(fmt::format("'{}' is not a number", k));
+    return j[k].get<uint64_t>();
+  };
+  SnapshotInfo i;
+  i.rootfs = str("rootfs");
+  i.image_reference = str("image_reference");
+  i.image_digest = str("image_digest");
+  i.cpus = static_cast<unsigned>(number("cpus"));
+  i.memory_mib = number("memory_mib");
+  i.image.entrypoint = strings("entrypoint");
+  i.image.cmd = strings("cmd");
+  i.image.env = strings("env");
+  i.image.working_dir = str("working_dir");
+  i.image.user = str("user");
+  return i;
+}
+
+// The host side of a container VM, the same for a boot and a restore of the same VM.
+vmm::MachineConfig machine_config(const SnapshotInfo& info, const fs::path& vsock, const fs::path& console_path) {
+  GuestAssets assets = find_guest_assets();
+  vmm::MachineConfig cfg;
+  cfg.kernel = assets.kernel;
+  cfg.initrd = assets.initrd;
+  cfg.cpus = info.cpus;
+  cfg.memory_mib = info.memory_mib;
+  cfg.disks.push_back({info.rootfs, true});
+  cfg.vsock_uds = vsock;
+  if (!info.image_digest.empty()) cfg.identity.emplace_back("image", info.image_digest);
+  auto console = std::make_shared<UniqueFd>(
+      ::open(console_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!*console) throw sys_error("cannot create " + console_path.string());
+  cfg.console = [console](std::span<const std::byte> bytes) {
+    // Best effort: a full disk must not stop the VM.
+    [[maybe_unused]] ssize_t n = ::write(console->get(), bytes.data(), bytes.size());
+  };
+  return cfg;
+}
+
+void check_hostname(const std::string& hostname) {
+  if (!agent::valid_hostname(hostname))
+    throw Error(fmt::format("bad hostname '{}': use 1 to 64 letters, digits, '-', '_' and '.'", hostname));
+}
+
 }  // namespace
+
+std::optional<fs::path> bake_path(const fs::path& rootfs_dir, const ContainerSpec& spec) {
+  if (spec.disk_size_mib > 0 || spec.image_digest.empty()) return std::nullopt;
+  GuestAssets assets = find_guest_assets();
+  // Everything that shapes the captured state; the machine checks the same facts again when it
+  // restores, so a stale bake is refused even if a key collided.
+  oci::Sha256 h;
+  auto line = [&](const std::string& k, const std::string& v) { h.update(k + "=" + v + "\n"); };
+  line("snapshot format", std::to_string(snapshot::kFormatVersion));
+  line("vmm", build_identity());
+  line("image", spec.image_digest);
+  line("rootfs", vmm::file_fingerprint(spec.rootfs.string()));
+  line("kernel", vmm::file_fingerprint(assets.kernel.string()));
+  line("initramfs", vmm::file_fingerprint(assets.initrd.string()));
+  line("cpus", std::to_string(spec.cpus));
+  line("memory", std::to_string(spec.memory_mib));
+  line("writable layer", "tmpfs");
+  auto digest = oci::Digest::parse(spec.image_digest);
+  return rootfs_dir / fmt::format("{}.bake-{}", digest.file_name(), h.finish().hex().substr(0, 16));
+}
+
+SnapshotInfo read_snapshot_info(const fs::path& dir) {
+  auto file = snapshot::StateFile::read(dir / "state");
+  return decode_info(file.section(kContainerSection), dir);
+}
 
 void check_env(const std::vector<std::string>& env) {
   for (const auto& kv : env)
@@ -73,17 +192,33 @@ agent::ExecRequest main_request(const ContainerSpec& spec) {
 
 ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     : dir_(std::move(dir)), vsock_(dir_ / "vm.vsock"), console_path_(dir_ / "console.log") {
-  GuestAssets assets = find_guest_assets();
-  for (char c : spec.hostname)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_')
-      throw Error(fmt::format("bad hostname '{}': use letters, digits, '-', '_' and '.'", spec.hostname));
+  check_hostname(spec.hostname);
+  info_.rootfs = spec.rootfs;
+  info_.image_reference = spec.image_reference;
+  info_.image_digest = spec.image_digest;
+  info_.image = spec.image;
+  info_.cpus = spec.cpus;
+  info_.memory_mib = spec.memory_mib;
 
-  vmm::MachineConfig cfg;
-  cfg.kernel = assets.kernel;
-  cfg.initrd = assets.initrd;
-  cfg.cpus = spec.cpus;
-  cfg.memory_mib = spec.memory_mib;
-  cfg.disks.push_back({spec.rootfs, true});
+  std::optional<fs::path> bake = spec.disk_size_mib > 0 ? std::nullopt : spec.bake;
+  if (bake && fs::exists(*bake / "state")) {
+    try {
+      RestoreSettings rs;
+      rs.hostname = spec.hostname;
+      rs.timeout = std::min<std::chrono::seconds>(spec.boot_timeout, std::chrono::seconds(30));
+      start_restored(*bake, rs);
+      return;
+    } catch (const Error& e) {
+      // A bake that no longer fits (another build, a damaged file) is made again.
+      spdlog::warn("the bake {} could not be restored ({}); booting and baking again", bake->string(), e.what());
+      machine_.reset();
+      std::error_code ec;
+      fs::remove_all(*bake, ec);
+      fs::remove(vsock_, ec);
+    }
+  }
+
+  vmm::MachineConfig cfg = machine_config(info_, vsock_, console_path_);
   std::string cmdline = fmt::format("quiet sm.hostname={} sm.notify={}", spec.hostname, kNotifyPort);
   if (spec.disk_size_mib > 0) {
     scratch_ = dir_ / "scratch.ext4";
@@ -99,15 +234,6 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     cmdline += " sm.scratch=/dev/vdb";
   }
   cfg.cmdline_extra = cmdline;
-  cfg.vsock_uds = vsock_;
-
-  auto console = std::make_shared<UniqueFd>(
-      ::open(console_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
-  if (!*console) throw sys_error("cannot create " + console_path_.string());
-  cfg.console = [console](std::span<const std::byte> bytes) {
-    // Best effort: a full disk must not stop the VM.
-    [[maybe_unused]] ssize_t n = ::write(console->get(), bytes.data(), bytes.size());
-  };
 
   agent::ReadyListener ready(vsock_.string() + "_" + std::to_string(kNotifyPort));
   machine_ = std::make_unique<vmm::Machine>(std::move(cfg));
@@ -122,6 +248,73 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     std::string tail = console_tail();
     throw Error(fmt::format("the VM did not start: {} (VM status {}){}", e.what(), status,
                             tail.empty() ? std::string() : "; guest console:\n" + tail));
+  }
+  if (bake) make_bake(*bake);
+}
+
+void ContainerVm::make_bake(const fs::path& bake) {
+  // Into a private directory first, renamed into place whole: a concurrent baker of the same
+  // key loses the rename and drops its copy; a reader never sees half a bake.
+  fs::path tmp = bake.string() + fmt::format(".tmp-{}", ::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  try {
+    snapshot(tmp);
+    fs::rename(tmp, bake, ec);
+    if (ec) spdlog::debug("the bake {} appeared meanwhile ({}); keeping that one", bake.string(), ec.message());
+    else baked_ = true;
+  } catch (const Error& e) {
+    spdlog::warn("could not bake {}: {}; this VM runs on, later runs boot too", bake.string(), e.what());
+  }
+  fs::remove_all(tmp, ec);
+}
+
+void ContainerVm::snapshot(const fs::path& snapshot_dir) {
+  vmm::Machine::SnapshotOptions o;
+  o.extra.push_back({kContainerSection, encode_info(info_)});
+  machine_->snapshot(snapshot_dir, o);
+}
+
+std::unique_ptr<ContainerVm> ContainerVm::restore(const fs::path& snapshot_dir, const RestoreSettings& settings,
+                                                  fs::path dir) {
+  return std::unique_ptr<ContainerVm>(new ContainerVm(RestoreTag{}, snapshot_dir, settings, std::move(dir)));
+}
+
+ContainerVm::ContainerVm(RestoreTag, const fs::path& snapshot_dir, const RestoreSettings& settings, fs::path dir)
+    : dir_(std::move(dir)), vsock_(dir_ / "vm.vsock"), console_path_(dir_ / "console.log") {
+  start_restored(snapshot_dir, settings);
+}
+
+void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSettings& settings) {
+  check_hostname(settings.hostname);
+  info_ = read_snapshot_info(snapshot_dir);
+  machine_ = std::make_unique<vmm::Machine>(machine_config(info_, vsock_, console_path_), snapshot_dir);
+  machine_->start();
+  restored_from_ = snapshot_dir;
+  try {
+    // The agent's listener survived the capture; the transport reset dropped its old
+    // connections. Poll it briefly, then hand it the clone's own facts.
+    agent::ClientOptions o;
+    o.io_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(settings.timeout);
+    o.ready_poll_max = std::chrono::milliseconds(2);
+    agent::Client c = client(o);
+    hello_ = c.wait_ready(Clock::now() + settings.timeout);
+    agent::RestoreRequest req;
+    req.realtime_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+    req.entropy.resize(64);
+    if (::getrandom(req.entropy.data(), req.entropy.size(), 0) != static_cast<ssize_t>(req.entropy.size()))
+      throw sys_error("getrandom");
+    req.hostname = settings.hostname;
+    c.restore(req);
+    hello_.hostname = settings.hostname;
+  } catch (const Error& e) {
+    machine_->stop(vmm::Machine::kStatusError, "the restored agent did not answer");
+    int status = machine_->wait();
+    std::string tail = console_tail();
+    throw Error(fmt::format("the VM restored from {} did not come up: {} (VM status {}){}", snapshot_dir.string(),
+                            e.what(), status, tail.empty() ? std::string() : "; guest console:\n" + tail));
   }
 }
 

@@ -5,6 +5,12 @@
 // Files live in a directory the caller owns: the vsock sockets (vm.vsock, vm.vsock_1025), the
 // guest console (console.log) and the optional scratch disk (scratch.ext4). The destructor
 // powers the VM off, joins its threads and removes the sockets and the scratch disk.
+//
+// Snapshots: snapshot() captures the running VM (docs/snapshot-format.md); restore() makes a
+// clone from one, reaches its agent and hands it the clone's own facts (wall clock, fresh
+// entropy, hostname). With ContainerSpec::bake set, the constructor restores that bake when it
+// exists and otherwise boots, captures the bake once the agent is ready, and goes on in the
+// booted VM: the first run of an image pays for the boot, every later one restores.
 #pragma once
 
 #include <chrono>
@@ -48,7 +54,40 @@ struct ContainerSpec {
   std::chrono::seconds boot_timeout{120};
   // Polled while booting: returning true gives up (e.g. Ctrl-C during boot).
   std::function<bool()> cancel_boot;
+
+  // Recorded in snapshots, so a restore knows what it restores.
+  std::string image_reference;
+  std::string image_digest;  // the platform manifest's, "sha256:..."
+  // The bake directory for this spec (bake_path()); unset: always boot. Ignored with a scratch
+  // disk, which a snapshot cannot hold yet (such VMs always boot).
+  std::optional<std::filesystem::path> bake;
 };
+
+// Where the bake of `spec` lives in the image store: next to the image's root filesystem,
+// named by a key over everything that shapes the captured state (the image, its root
+// filesystem, kernel, initramfs, vCPUs, memory, the writable layer's kind, the VMM build), so
+// a changed input gives another key (a re-bake) and an unchanged one the same. nullopt when the
+// spec cannot be baked (a scratch disk).
+[[nodiscard]] std::optional<std::filesystem::path> bake_path(const std::filesystem::path& rootfs_dir,
+                                                             const ContainerSpec& spec);
+
+// What a clone gets after restore, besides the snapshot's own state.
+struct RestoreSettings {
+  std::string hostname = "supermachine";
+  std::chrono::seconds timeout{30};
+};
+
+// What a snapshot's `container` section records about the VM it holds.
+struct SnapshotInfo {
+  std::filesystem::path rootfs;
+  std::string image_reference;
+  std::string image_digest;
+  oci::RunConfig image;
+  unsigned cpus = 1;
+  uint64_t memory_mib = 0;
+};
+// Reads dir/state's `container` section. Throws sm::Error (SnapshotError when damaged).
+[[nodiscard]] SnapshotInfo read_snapshot_info(const std::filesystem::path& dir);
 
 // The main process as Docker would run it: Entrypoint + Cmd (an --entrypoint override drops the
 // image's Cmd), the image's Env with the overrides on top (same name: the override wins), the
@@ -66,6 +105,10 @@ class ContainerVm {
   // Boots and waits for the agent. Throws sm::Error, with the end of the guest console, when
   // the VM cannot be built, ends while booting, or the agent is not ready in boot_timeout.
   ContainerVm(const ContainerSpec& spec, std::filesystem::path dir);
+  // A clone of the snapshot in `snapshot_dir`, running in `dir`. Throws sm::Error (with the
+  // guest console's end) when it cannot be restored or its agent does not answer in time.
+  static std::unique_ptr<ContainerVm> restore(const std::filesystem::path& snapshot_dir,
+                                              const RestoreSettings& settings, std::filesystem::path dir);
   ~ContainerVm();
   ContainerVm(const ContainerVm&) = delete;
   ContainerVm& operator=(const ContainerVm&) = delete;
@@ -74,6 +117,13 @@ class ContainerVm {
   [[nodiscard]] const std::filesystem::path& vsock() const { return vsock_; }
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
   [[nodiscard]] const agent::HelloReply& hello() const { return hello_; }
+  // The snapshot this VM was restored from; empty when it booted.
+  [[nodiscard]] const std::filesystem::path& restored_from() const { return restored_from_; }
+  // Whether this VM made its spec's bake when it booted.
+  [[nodiscard]] bool baked() const { return baked_; }
+
+  // Captures the running VM into `snapshot_dir` (see vmm::Machine::snapshot); it keeps running.
+  void snapshot(const std::filesystem::path& snapshot_dir);
 
   // Blocks until the VM has ended (its main process ended, or stop()); returns its status. Its
   // vsock connections are closed then, so clients blocked on them see EOF. One thread at a time.
@@ -96,6 +146,15 @@ class ContainerVm {
   std::unique_ptr<vmm::Machine> machine_;
   agent::HelloReply hello_;
   std::optional<int> final_status_;
+  SnapshotInfo info_;
+  std::filesystem::path restored_from_;
+  bool baked_ = false;
+
+  struct RestoreTag {};
+  ContainerVm(RestoreTag, const std::filesystem::path& snapshot_dir, const RestoreSettings& settings,
+              std::filesystem::path dir);
+  void start_restored(const std::filesystem::path& snapshot_dir, const RestoreSettings& settings);
+  void make_bake(const std::filesystem::path& bake);
 };
 
 }  // namespace sm::runtime
