@@ -16,6 +16,7 @@
 
 #include "cli/attach.h"
 #include "cli/command.h"
+#include "cli/control.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
 #include "oci/progress.h"
@@ -52,6 +53,8 @@ struct RunArgs {
   std::string hostname;
   std::string pull = "missing";
   bool quiet = false;
+  bool no_snapshot = false;
+  std::string restore_from;  // `restore DIR`: a clone of this snapshot instead of a new VM
 };
 
 int64_t unix_now() {
@@ -100,16 +103,42 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
 
   agent::ExecRequest req;
   std::unique_ptr<runtime::ContainerVm> vm;
+  const bool restoring = !a.restore_from.empty();
   try {
-    req = runtime::main_request(spec);
+    if (!restoring || !a.command.empty()) req = runtime::main_request(spec);
     rec.env = req.env;
     rec.user = req.user;
     rec.working_dir = req.cwd;
     reg.save(rec);
-    vm = std::make_unique<runtime::ContainerVm>(spec, reg.dir(rec));
+    if (restoring) {
+      runtime::RestoreSettings rs;
+      rs.hostname = spec.hostname;
+      vm = runtime::ContainerVm::restore(a.restore_from, rs, reg.dir(rec));
+    } else {
+      vm = std::make_unique<runtime::ContainerVm>(spec, reg.dir(rec));
+    }
+    if (!vm->restored_from().empty()) spdlog::debug("restored from the bake {}", vm->restored_from().string());
+    else if (vm->baked()) spdlog::debug("booted and made the bake {}", spec.bake->string());
+    else spdlog::debug("booted (no bake: {})", spec.bake ? "baking failed" : "--no-snapshot or a scratch disk");
   } catch (const Error& e) {
     if (int sig = signals.first_signal()) return finish(128 + sig);
     return fail(kExitRuntimeError, e.what());
+  }
+  // `supermachine snapshot VM DIR` reaches this process here.
+  std::optional<ControlServer> control;
+  try {
+    control.emplace(reg.dir(rec) / "control.sock", [&vm](const fs::path& dir) { vm->snapshot(dir); });
+  } catch (const Error& e) {
+    spdlog::warn("snapshots of this VM will not be possible: {}", e.what());
+  }
+
+  if (restoring && a.command.empty()) {
+    // The clone carries on with what it held: its main process, if the snapshot had one, still
+    // ends it with its status (the agent powers the VM off); otherwise it runs until stopped.
+    report.ok();
+    int status = vm->wait();
+    vm.reset();
+    return finish(status);
   }
 
   req.attach_stdin = a.interactive && !a.detach;
@@ -165,6 +194,8 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
   return finish(*code);
 }
 
+int start_supervised(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry& reg, runtime::VmRecord rec);
+
 int run_container(const RunArgs& a) {
   if (a.detach && a.rm && a.interactive) spdlog::debug("-i has no effect with -d");
   if (a.tty && a.interactive && !::isatty(STDIN_FILENO))
@@ -185,6 +216,21 @@ int run_container(const RunArgs& a) {
   if (a.entrypoint_set) spec.entrypoint = a.entrypoint.empty() ? std::vector<std::string>{} : std::vector{a.entrypoint};
   spec.cmd = a.command;
 
+  std::string image_name = a.image;
+  if (!a.restore_from.empty()) {
+    runtime::SnapshotInfo info = runtime::read_snapshot_info(a.restore_from);
+    spec.rootfs = info.rootfs;
+    spec.image = info.image;
+    spec.image_reference = image_name = info.image_reference;
+    spec.cpus = info.cpus;
+    spec.memory_mib = info.memory_mib;
+    runtime::VmRegistry reg;
+    std::vector<std::string> shown = a.command.empty() ? std::vector<std::string>{"(restored)"} : a.command;
+    runtime::VmRecord rec = reg.create(a.name, image_name, shown, a.rm);
+    spec.hostname = a.hostname.empty() ? rec.short_id() : a.hostname;
+    return start_supervised(a, std::move(spec), reg, rec);
+  }
+
   runtime::ResolveOptions ro;
   ro.pull = runtime::parse_pull_policy(a.pull);
   std::unique_ptr<oci::TerminalProgress> progress;
@@ -196,13 +242,21 @@ int run_container(const RunArgs& a) {
   progress.reset();
   spec.rootfs = img.rootfs;
   spec.image = img.config;
+  spec.image_reference = img.reference;
+  spec.image_digest = img.manifest.to_string();
   // Fail on a missing command before anything is created.
   (void)runtime::main_request(spec);
 
   runtime::VmRegistry reg;
   runtime::VmRecord rec = reg.create(a.name, a.image, runtime::main_request(spec).argv, a.rm);
   spec.hostname = a.hostname.empty() ? rec.short_id() : a.hostname;
+  // Restore the image's bake (or boot and make it): the rootfs directory of the store holds it.
+  if (!a.no_snapshot) spec.bake = runtime::bake_path(spec.rootfs.parent_path(), spec);
+  return start_supervised(a, std::move(spec), reg, rec);
+}
 
+// In this process, or (-d) in a background supervisor forked from it.
+int start_supervised(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry& reg, runtime::VmRecord rec) {
   if (!a.detach) {
     StartReport none(-1);
     return supervise(a, std::move(spec), reg, rec, none);
@@ -292,7 +346,33 @@ const CommandRegistration kRun{{
       sub.add_option("-h,--hostname", a->hostname, "Guest hostname (default: the short VM id)");
       sub.add_option("--pull", a->pull, "Pull the image: missing, always or never")->capture_default_str();
       sub.add_flag("-q,--quiet", a->quiet, "Do not show pull progress");
+      sub.add_flag("--no-snapshot", a->no_snapshot,
+                   "Boot the VM instead of restoring the image's bake (and do not make one)");
       return [a] { return run_container(*a); };
+    },
+    /*command_after_positionals=*/1,
+}};
+
+const CommandRegistration kRestore{{
+    "restore",
+    "Start a VM from a snapshot (supermachine snapshot, or sm::Vm::snapshot), in milliseconds",
+    [](CLI::App& sub) -> Action {
+      auto a = std::make_shared<RunArgs>();
+      sub.set_help_flag("--help", "Print this help message and exit");
+      sub.add_option("snapshot", a->restore_from, "The snapshot's directory")->required()->check(CLI::ExistingDirectory);
+      sub.add_option("command", a->command,
+                     "A command to run as the clone's main process (default: none; the clone keeps what it held)");
+      sub.add_flag("--rm", a->rm, "Remove the VM and its files when it ends");
+      sub.add_flag("-d,--detach", a->detach, "Run in the background and print the VM id");
+      sub.add_flag("-i,--interactive", a->interactive, "Stream stdin to the main process");
+      sub.add_flag("-t,--tty", a->tty, "Run the main process on a pseudo-terminal");
+      sub.add_option("-e,--env", a->env, "Set an environment variable for the command");
+      sub.add_option("--name", a->name, "Name the VM (default: a generated one)");
+      sub.add_option("-h,--hostname", a->hostname, "The clone's hostname (default: the short VM id)");
+      return [a] {
+        a->restore_from = fs::absolute(a->restore_from).string();
+        return run_container(*a);
+      };
     },
     /*command_after_positionals=*/1,
 }};
