@@ -214,6 +214,11 @@ void Machine::restore_state(const Restore& r) {
   // runs (its listeners survive; the host reconnects).
   for (auto& t : transports_)
     if (auto* vsock = dynamic_cast<virtio::Vsock*>(&t->device())) vsock->send_transport_reset();
+  // A queue notification the guest made just before the capture may still have been in its
+  // ioeventfd, which the clone does not have: look at every queue once (a spurious notify is
+  // harmless), or a request the guest already queued would wait for a kick that never comes.
+  for (auto& t : transports_)
+    for (size_t q = 0; q < t->num_queues(); ++q) t->queue_notify(static_cast<uint16_t>(q));
 }
 
 MachineShape Machine::shape() const {

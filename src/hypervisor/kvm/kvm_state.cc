@@ -561,6 +561,15 @@ void restore_vcpu_state(int fd, uint32_t id, const VcpuStateConfig& cfg, const x
   kvm_regs regs = to_kvm(s.regs);
   if (xioctl(fd, KVM_SET_REGS, &regs) != 0) throw fail("KVM_SET_REGS");
   kvm_sregs sregs = to_kvm(s.sregs);
+  // KVM on AMD reports TR as busy (type 11) whatever the VMCB holds ("the busy flag in the tr
+  // selector isn't exposed", svm_get_segment). AMD hardware ignores TR's type once loaded, but
+  // an emulated SVM (QEMU TCG, our nested harness) checks the I/O permission bitmap only for an
+  // available (type 9) TSS, the way its LTR leaves it; handing the busy type back made every
+  // ioperm()-granted OUT of a restored guest fault. VMX requires type 11 and is left alone.
+  const bool amd = std::any_of(s.cpuid.begin(), s.cpuid.end(), [](const x86::CpuidEntry& e) {
+    return e.function == 0 && (e.ebx == 0x68747541 || e.ebx == 0x6f677948);  // "Auth"enticAMD, "Hygo"nGenuine
+  });
+  if (amd && sregs.tr.type == 11) sregs.tr.type = 9;
   if (xioctl(fd, KVM_SET_SREGS, &sregs) != 0) throw fail("KVM_SET_SREGS");
 
   // 5. XSAVE. KVM_SET_XSAVE reads as many bytes as KVM_CAP_XSAVE2 says (at least 4096); a
