@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "snapshot/codec.h"
 
@@ -241,15 +242,67 @@ void Serial::write(uint64_t offset, std::span<const std::byte> data) {
   if (data.empty()) return;
   bool irq = false;
   std::optional<std::byte> out;
+  std::function<void()> wake;
   {
     std::lock_guard lock(mu_);
     write_reg(offset, static_cast<uint8_t>(data[0]), irq, out);
+    if (out && buffered_) {
+      if (out_.size() < kMaxBufferedOutput) {
+        if (out_.empty()) wake = on_output_;
+        out_.push_back(*out);
+      } else {
+        ++out_dropped_;
+      }
+      out.reset();
+    }
   }
   // Outside the lock: the sink may block on the host side, and the host input path must not
   // wait for it. A vCPU's next register access happens only after this returns, so the guest's
   // byte order is preserved.
   if (out && sink_) sink_(std::span<const std::byte>(&*out, 1));
+  if (wake) wake();
   if (irq && interrupt_) interrupt_->trigger();
+}
+
+void Serial::buffer_output(std::function<void()> on_output) {
+  std::lock_guard lock(mu_);
+  buffered_ = true;
+  on_output_ = std::move(on_output);
+}
+
+size_t Serial::drain_output(const Writer& write) {
+  constexpr size_t kChunk = 16 * 1024;
+  std::lock_guard drain(drain_mu_);
+  std::vector<std::byte> chunk;
+  size_t total = 0;
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      const size_t n = std::min(out_.size(), kChunk);
+      if (n == 0) break;
+      chunk.assign(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    // Without mu_: vCPUs keep appending meanwhile; only this (serialized) drain removes bytes,
+    // so the front of the buffer is still the chunk afterwards.
+    const size_t took = std::min(write(chunk), chunk.size());
+    {
+      std::lock_guard lock(mu_);
+      out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(took));
+    }
+    total += took;
+    if (took < chunk.size()) break;
+  }
+  return total;
+}
+
+size_t Serial::buffered_output() const {
+  std::lock_guard lock(mu_);
+  return out_.size();
+}
+
+uint64_t Serial::output_dropped() const {
+  std::lock_guard lock(mu_);
+  return out_dropped_;
 }
 
 size_t Serial::enqueue_input(std::span<const std::byte> bytes) {

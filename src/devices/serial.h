@@ -7,6 +7,10 @@
 // Register reference: include/uapi/linux/serial_reg.h and the TI/National PC16550D data sheet.
 // Called from vCPU threads and the host input path at once; one mutex guards the state, and
 // the sink and the interrupt are called outside it.
+//
+// Output goes straight to the sink on the vCPU thread by default, so a sink that blocks (a
+// stalled console reader) stalls the guest. buffer_output() switches to a bounded buffer the
+// host drains from its own thread (drain_output), dropping and counting what does not fit.
 #pragma once
 
 #include <cstddef>
@@ -70,6 +74,26 @@ class Serial : public IoHandler {
   void read(uint64_t offset, std::span<std::byte> data) override;
   void write(uint64_t offset, std::span<const std::byte> data) override;
 
+  // --- buffered output (opt-in) ---
+  // The output buffer holds at most this many bytes; the guest's bytes beyond it are dropped.
+  static constexpr size_t kMaxBufferedOutput = 256 * 1024;
+  // Takes bytes for the host; returns how many it took (fewer when a non-blocking fd is full).
+  using Writer = std::function<size_t(std::span<const std::byte>)>;
+  // From now on the guest's bytes go to the output buffer instead of the sink, so a vCPU never
+  // waits for the host console. on_output (may be empty) runs on the vCPU thread, outside the
+  // lock, whenever the buffer goes from empty to non-empty: it must not block (write an eventfd,
+  // post to the EventLoop). Call before any vCPU runs.
+  void buffer_output(std::function<void()> on_output);
+  // Hands buffered bytes to write, in order, until the buffer is empty or write takes less than
+  // it was offered; returns how many it took. What write did not take stays for the next call
+  // (after a partial write, on_output is not called again: wait for the fd to be writable and
+  // drain again). Any thread, concurrently with vCPUs; concurrent drains take turns. write runs
+  // without the UART's lock held.
+  size_t drain_output(const Writer& write);
+  [[nodiscard]] size_t buffered_output() const;
+  // Bytes the guest wrote while the buffer was full, since construction.
+  [[nodiscard]] uint64_t output_dropped() const;
+
   // Host -> guest bytes. Returns how many were accepted (fewer when the queue is full).
   size_t enqueue_input(std::span<const std::byte> bytes);
   // True when the guest can take more input (for back-pressure on the host's stdin).
@@ -89,7 +113,12 @@ class Serial : public IoHandler {
   std::shared_ptr<Interrupt> interrupt_;
   Sink sink_;
 
+  std::mutex drain_mu_;  // one drain at a time; lock order: drain_mu_ -> mu_
   mutable std::mutex mu_;
+  bool buffered_ = false;
+  std::function<void()> on_output_;
+  std::deque<std::byte> out_;  // buffered output, at most kMaxBufferedOutput bytes
+  uint64_t out_dropped_ = 0;
   std::deque<std::byte> rx_;
   uint8_t ier_ = 0;
   uint8_t lcr_ = 0;

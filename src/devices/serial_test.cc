@@ -205,6 +205,72 @@ TEST(Serial, ConcurrentOutputAndInputKeepEveryByte) {
   EXPECT_EQ(received + left, kPerThread);
 }
 
+// ---------------------------------------------------------------- buffered output
+
+struct BufferedOutputTest : SerialTest {
+  int wakes = 0;
+  void SetUp() override { uart.buffer_output([this] { ++wakes; }); }
+  void print(const std::string& s) {
+    for (char c : s) out(THR, static_cast<uint8_t>(c));
+  }
+  std::string drain(size_t max_per_call = SIZE_MAX) {
+    std::string got;
+    uart.drain_output([&](std::span<const std::byte> b) {
+      const size_t n = std::min(b.size(), max_per_call);
+      got.append(reinterpret_cast<const char*>(b.data()), n);
+      return n;
+    });
+    return got;
+  }
+};
+
+TEST_F(BufferedOutputTest, BytesWaitForTheHostAndWakeItOnce) {
+  print("boot");
+  EXPECT_EQ(output, "");  // the sink is no longer called on the vCPU thread
+  EXPECT_EQ(wakes, 1);    // empty -> non-empty only
+  EXPECT_EQ(uart.buffered_output(), 4u);
+  EXPECT_EQ(drain(), "boot");
+  EXPECT_EQ(uart.buffered_output(), 0u);
+  print("ok");
+  EXPECT_EQ(wakes, 2);
+  EXPECT_EQ(drain(), "ok");
+  EXPECT_EQ(drain(), "");
+}
+
+TEST_F(BufferedOutputTest, APartialWriteKeepsTheRestInOrder) {
+  print("abcdef");
+  EXPECT_EQ(drain(4), "abcd");  // the fd took 4: stop there
+  print("gh");
+  EXPECT_EQ(wakes, 1);  // never empty in between
+  EXPECT_EQ(drain(), "efgh");
+}
+
+TEST_F(BufferedOutputTest, AStalledConsoleDropsAndCountsInsteadOfBlocking) {
+  const size_t n = Serial::kMaxBufferedOutput + 100;
+  for (size_t i = 0; i < n; ++i) out(THR, 'x');
+  EXPECT_EQ(uart.buffered_output(), Serial::kMaxBufferedOutput);
+  EXPECT_EQ(uart.output_dropped(), 100u);
+  EXPECT_EQ(uart.drain_output([](std::span<const std::byte>) { return size_t{0}; }), 0u);  // still stalled
+  EXPECT_EQ(drain().size(), Serial::kMaxBufferedOutput);
+  print("y");
+  EXPECT_EQ(drain(), "y");
+  EXPECT_EQ(uart.output_dropped(), 100u);
+}
+
+TEST_F(BufferedOutputTest, DrainingWhileAVcpuPrintsLosesAndReordersNothing) {
+  constexpr int kBytes = 100000;
+  std::thread vcpu([&] {
+    for (int i = 0; i < kBytes; ++i) out(THR, static_cast<uint8_t>('a' + i % 26));
+  });
+  std::string got;
+  while (got.size() + uart.output_dropped() < kBytes) got += drain(1000);
+  vcpu.join();
+  got += drain();
+  EXPECT_EQ(uart.output_dropped(), 0u);  // the drain keeps up with a buffer this big
+  ASSERT_EQ(got.size(), static_cast<size_t>(kBytes));
+  for (int i = 0; i < kBytes; ++i) ASSERT_EQ(got[i], static_cast<char>('a' + i % 26)) << i;
+}
+
 // ---------------------------------------------------------------- snapshots
 
 std::vector<std::byte> encode(const SerialState& s) {

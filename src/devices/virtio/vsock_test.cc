@@ -20,6 +20,7 @@
 #include "devices/virtio/fake_driver.h"
 #include "devices/virtio/fake_queue.h"
 #include "devices/virtio/mmio.h"
+#include "snapshot/codec.h"
 
 namespace sm::virtio {
 namespace {
@@ -623,6 +624,113 @@ TEST_F(VsockTest, TransportResetEvent) {
   ASSERT_EQ(used.size(), 1u);
   EXPECT_EQ(used[0].len, 4u);
   EXPECT_EQ(mem_.read_obj<uint32_t>(ev.addr), kVsockEventTransportReset);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+MmioTransportState round_trip(const MmioTransportState& s) {
+  snapshot::Encoder e;
+  save(e, s);
+  auto bytes = e.take();
+  snapshot::Decoder d(bytes, "virtio-mmio vsock");
+  auto out = load_mmio_transport_state(d);
+  d.finish();
+  return out;
+}
+
+// What the machine does: capture the transport, let the old device go (its host connections
+// end), build a fresh device from the configuration and restore the transport state into it,
+// then send TRANSPORT_RESET before any vCPU runs.
+struct VsockSnapshotTest : VsockTest {
+  void restore_clone(uint64_t cid = kGuestCid) {
+    const MmioTransportState saved = round_trip(t_->save_state());
+    t_.reset();
+    dev_.reset();
+    irq_ = std::make_shared<testing::CountingInterrupt>();
+    dev_ = Vsock::create(loop_, cid, path_, kQueueSize);
+    t_ = std::make_unique<MmioTransport>(mem_, dev_, irq_, saved);
+  }
+};
+
+TEST_F(VsockSnapshotTest, RestoredCloneSendsTransportResetAndServesNewConnections) {
+  post_rx(8);
+  auto [old_fd, old_port] = host_connect(5000);
+  ASSERT_TRUE(old_fd);
+  // The guest driver keeps event buffers posted (Linux fills the whole event queue at probe).
+  auto ev = evq_.writable(4);
+  mem_.write_obj<uint32_t>(ev.addr, 0xffffffff);
+  evq_.add_chain({ev});
+  t_->queue_notify(2);
+  ASSERT_TRUE(evq_.collect_used().empty());
+
+  restore_clone();
+  EXPECT_TRUE(host_sees_eof(old_fd.get()));  // the old device's host side is gone
+  EXPECT_TRUE(dev_->active());
+  EXPECT_EQ(dev_->connection_count(), 0u);
+  EXPECT_EQ(irq_->count, 0);
+
+  dev_->send_transport_reset();
+  auto used = evq_.collect_used();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].len, 4u);
+  EXPECT_EQ(mem_.read_obj<uint32_t>(ev.addr), kVsockEventTransportReset);
+  EXPECT_EQ(irq_->count, 1);
+  EXPECT_TRUE(testing::reg_read(*t_, 0x060) & kInterruptUsedBuffer);
+  dev_->send_transport_reset();  // a second one waits for the next event buffer
+  EXPECT_TRUE(evq_.collect_used().empty());
+
+  // The restored rx and tx queues carry on where the old device left them: a new host
+  // connection is set up through the same rings.
+  auto [fd, port] = host_connect(5001);
+  ASSERT_TRUE(fd);
+  EXPECT_EQ(dev_->connection_count(), 1u);
+  send(hdr(kVsockOpRw, 5001, port, 3), testing::bytes_of("abc"));
+  auto got = host_read(fd.get(), 3);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(got.data()), got.size()), "abc");
+}
+
+TEST_F(VsockSnapshotTest, TransportResetWaitsForAnEventBuffer) {
+  restore_clone();
+  dev_->send_transport_reset();  // the driver left no event buffer
+  EXPECT_TRUE(evq_.collect_used().empty());
+  EXPECT_EQ(irq_->count, 0);
+  auto ev = evq_.writable(4);
+  evq_.add_chain({ev});
+  t_->queue_notify(2);
+  auto used = evq_.collect_used();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(mem_.read_obj<uint32_t>(ev.addr), kVsockEventTransportReset);
+  EXPECT_EQ(irq_->count, 1);
+}
+
+TEST_F(VsockSnapshotTest, DriverResetDropsAPendingTransportReset) {
+  restore_clone();
+  dev_->send_transport_reset();
+  FakeQueue rx2(mem_, alloc_, kQueueSize), tx2(mem_, alloc_, kQueueSize), ev2(mem_, alloc_, 8);
+  ASSERT_EQ(testing::mmio_activate(*t_, {&rx2, &tx2, &ev2}), 0xfu);  // a new driver: reset first
+  ev2.add_chain({ev2.writable(4)});
+  t_->queue_notify(2);
+  EXPECT_TRUE(ev2.collect_used().empty());
+}
+
+TEST_F(VsockSnapshotTest, GuestCidComesFromTheConfigurationNotTheSnapshot) {
+  restore_clone(7);
+  EXPECT_EQ(dev_->guest_cid(), 7u);
+  uint64_t cid = 0;
+  t_->read(0x100, std::as_writable_bytes(std::span(&cid, 1)));
+  EXPECT_EQ(cid, 7u);
+}
+
+TEST_F(VsockSnapshotTest, AnInactiveDeviceGetsNoTransportReset) {
+  testing::reg_write(*t_, 0x70, 0);  // the driver let go of the device
+  restore_clone();
+  EXPECT_FALSE(dev_->active());
+  dev_->send_transport_reset();
+  FakeQueue rx2(mem_, alloc_, kQueueSize), tx2(mem_, alloc_, kQueueSize), ev2(mem_, alloc_, 8);
+  ASSERT_EQ(testing::mmio_activate(*t_, {&rx2, &tx2, &ev2}), 0xfu);
+  ev2.add_chain({ev2.writable(4)});
+  t_->queue_notify(2);
+  EXPECT_TRUE(ev2.collect_used().empty());  // the new driver starts clean
 }
 
 TEST_F(VsockTest, OneMebibyteEachWayHostInitiated) {
