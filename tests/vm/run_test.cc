@@ -391,6 +391,65 @@ TEST_F(RunTest, TwentySequentialRunsLeaveNothingBehind) {
   }
 }
 
+TEST_F(RunTest, TheSecondRunRestoresTheBakeAndAChangedMemoryBakesAgain) {
+  // -v makes run say how its VM started (debug lines; spdlog writes them to stdout); a memory
+  // size no other case uses keeps the bake ours.
+  Result first = sm({"-v", "run", "--rm", "-m", "288m", kBusybox, "echo", "hi"});
+  ASSERT_EQ(first.status, 0) << describe(first);
+  EXPECT_NE(first.out.find("hi\n"), std::string::npos) << first.out;
+  EXPECT_NE((first.out + first.err).find("booted and made the bake"), std::string::npos) << first.err;
+  Result second = sm({"-v", "run", "--rm", "-m", "288m", kBusybox, "echo", "hi"});
+  ASSERT_EQ(second.status, 0) << describe(second);
+  EXPECT_NE(second.out.find("hi\n"), std::string::npos) << second.out;
+  EXPECT_NE((second.out + second.err).find("restored from the bake"), std::string::npos) << second.err;
+  Result other = sm({"-v", "run", "--rm", "-m", "304m", kBusybox, "echo", "hi"});
+  ASSERT_EQ(other.status, 0) << describe(other);
+  EXPECT_NE((other.out + other.err).find("booted and made the bake"), std::string::npos) << other.err;
+  Result cold = sm({"-v", "run", "--rm", "--no-snapshot", "-m", "288m", kBusybox, "echo", "hi"});
+  ASSERT_EQ(cold.status, 0) << describe(cold);
+  EXPECT_NE((cold.out + cold.err).find("booted (no bake"), std::string::npos) << cold.err;
+  // Each run's per-run settings apply after the restore.
+  Result env = sm({"run", "--rm", "-m", "288m", "-e", "X=42", "-w", "/tmp", "-h", "named", kBusybox, "sh", "-c",
+                   "echo $X $(pwd) $(hostname)"});
+  EXPECT_EQ(env.out, "42 /tmp named\n") << describe(env);
+}
+
+TEST_F(RunTest, SnapshotAndRestoreThroughTheCliKeepTheMainProcess) {
+  const std::string dir = (g_dirs.root / "cli-snap").string();
+  Result started = sm({"run", "-d", "--name", "snapsrc", kBusybox, "sh", "-c",
+                       "echo kept > /tmp/marker; while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 5"});
+  ASSERT_EQ(started.status, 0) << describe(started);
+  for (int i = 0; i < 100 && sm({"exec", "snapsrc", "test", "-e", "/tmp/marker"}).status != 0; ++i)
+    std::this_thread::sleep_for(100ms);
+  Result snap = sm({"snapshot", "snapsrc", dir});
+  ASSERT_EQ(snap.status, 0) << describe(snap);
+  EXPECT_TRUE(fs::exists(fs::path(dir) / "state"));
+  EXPECT_EQ(sm({"exec", "snapsrc", "echo", "alive"}).out, "alive\n") << "the original runs on";
+
+  // The clone holds the main process; its exit ends the clone with its status.
+  sm::test::ChildProcess clone({SM_BINARY, "restore", "--name", "snapclone", dir});
+  bool reached = false;
+  for (int i = 0; i < 200 && !reached; ++i) {
+    reached = sm({"exec", "snapclone", "cat", "/tmp/marker"}).out == "kept\n";
+    if (!reached) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(reached) << "the clone never answered";
+  EXPECT_EQ(sm({"exec", "snapclone", "touch", "/tmp/go"}).status, 0);
+  EXPECT_EQ(clone.wait(kDeadline), 5) << clone.err();
+  // The original's main process is still waiting for its own /tmp/go.
+  EXPECT_EQ(sm({"exec", "snapsrc", "test", "-e", "/tmp/go"}).status, 1);
+  EXPECT_EQ(sm({"rm", "-f", "snapsrc"}).status, 0);
+  EXPECT_EQ(sm({"rm", "-f", "snapclone"}).status, 0);
+
+  // A damaged snapshot is refused with an error that says so.
+  const fs::path bad = g_dirs.root / "cli-snap-bad";
+  fs::copy(dir, bad);
+  fs::resize_file(bad / "state", 100);
+  Result refused = sm({"restore", "--rm", bad.string()});
+  EXPECT_EQ(refused.status, 125) << describe(refused);
+  EXPECT_NE(refused.err.find("truncated"), std::string::npos) << refused.err;
+}
+
 TEST_F(RunTest, UncachedImageWithoutNetworkSaysSo) {
   // Nothing listens on 127.0.0.1:1: the registry is unreachable, as with no network at all.
   Result r = sm({"run", "--rm", "127.0.0.1:1/nothing/here:latest", "true"}, 120s);
