@@ -17,28 +17,16 @@
 #include <spdlog/spdlog.h>
 #include <supermachine/supermachine.h>
 
+#include "bench_stats.h"
+
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
 
 namespace {
 
-double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-void report(const char* name, std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  auto pct = [&](double p) { return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))]; };
-  std::printf("%-10s n=%-4zu p50 %9.2f ms   p99 %9.2f ms   min %9.2f ms   max %9.2f ms\n", name, v.size(), pct(0.5),
-              pct(0.99), v.front(), v.back());
-  std::printf("RESULT %s %.3f %.3f\n", name, pct(0.5), pct(0.99));
-  std::fflush(stdout);
-}
-
-void check(const sm::ExecResult& r) {
-  if (r.exit_code != 0) {
-    std::fprintf(stderr, "restore_bench: exec failed (%d): %s\n", r.exit_code, r.err.c_str());
-    std::exit(1);
-  }
-}
+using bench::check;
+using bench::ms;
+using bench::report;
 
 std::vector<double> restores(const fs::path& snap, int reps) {
   std::vector<double> t;

@@ -117,7 +117,8 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
     } else {
       vm = std::make_unique<runtime::ContainerVm>(spec, reg.dir(rec));
     }
-    if (!vm->restored_from().empty()) spdlog::debug("restored from the bake {}", vm->restored_from().string());
+    if (!vm->restored_from().empty())
+      spdlog::debug("restored from the {} {}", restoring ? "snapshot" : "bake", vm->restored_from().string());
     else if (vm->baked()) spdlog::debug("booted and made the bake {}", spec.bake->string());
     else spdlog::debug("booted (no bake: {})", spec.bake ? "baking failed" : "--no-snapshot or a scratch disk");
   } catch (const Error& e) {

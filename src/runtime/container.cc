@@ -287,8 +287,10 @@ ContainerVm::ContainerVm(RestoreTag, const fs::path& snapshot_dir, const Restore
 
 void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSettings& settings) {
   check_hostname(settings.hostname);
+  const auto t0 = Clock::now();
   info_ = read_snapshot_info(snapshot_dir);
   machine_ = std::make_unique<vmm::Machine>(machine_config(info_, vsock_, console_path_), snapshot_dir);
+  const auto t_built = Clock::now();
   machine_->start();
   restored_from_ = snapshot_dir;
   try {
@@ -299,6 +301,7 @@ void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSett
     o.ready_poll_max = std::chrono::milliseconds(2);
     agent::Client c = client(o);
     hello_ = c.wait_ready(Clock::now() + settings.timeout);
+    const auto t_ready = Clock::now();
     agent::RestoreRequest req;
     req.realtime_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
@@ -309,6 +312,10 @@ void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSett
     req.hostname = settings.hostname;
     c.restore(req);
     hello_.hostname = settings.hostname;
+    auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+    spdlog::debug("restored {}: state read + platform built {:.2f} ms, agent answering {:.2f} ms later, RESTORE "
+                  "{:.2f} ms",
+                  snapshot_dir.string(), ms(t_built - t0), ms(t_ready - t_built), ms(Clock::now() - t_ready));
   } catch (const Error& e) {
     machine_->stop(vmm::Machine::kStatusError, "the restored agent did not answer");
     int status = machine_->wait();

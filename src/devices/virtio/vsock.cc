@@ -1,5 +1,6 @@
 #include "devices/virtio/vsock.h"
 
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -668,6 +669,13 @@ void Vsock::handle_connect_line(Conn& c) {
   ::timerfd_settime(c.timer.get(), 0, &its, nullptr);
   update_interest(c);
   mark_pending(c);
+}
+
+void Vsock::on_restore() {
+  uint32_t r = 0;
+  if (::getrandom(&r, sizeof r, 0) != sizeof r) r = static_cast<uint32_t>(next_id_ * 2654435761u);
+  // The original allocated upward from 1 << 30; clones draw from [1.5 << 30, 2 << 30).
+  next_host_port_ = (3u << 29) + (r % (1u << 29));
 }
 
 uint32_t Vsock::alloc_host_port() {

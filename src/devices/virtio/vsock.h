@@ -116,7 +116,10 @@ class Vsock final : public VirtioDevice, public std::enable_shared_from_this<Vso
  protected:
   void on_activate() override;
   // Nothing to resume: no connection survives a snapshot (see send_transport_reset).
-  void on_restore() override {}
+  // A clone of a snapshot: no connection survives, and the guest may still hold sockets of the
+  // original's connections until it has processed the transport reset. New host ports start
+  // elsewhere, so a fresh REQUEST never lands on one of those stale 4-tuples.
+  void on_restore() override;
   void process_queue(uint16_t q) override;
   void on_reset() override;
   [[nodiscard]] std::span<const std::byte> config_bytes() const override;
