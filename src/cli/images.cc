@@ -42,7 +42,18 @@ std::string ago(const std::string& created) {
 int run_images(const ImagesArgs& a) {
   oci::Store store;
   struct Row {
-    std::string repo, tag, digest, id, created, size;
+    std::string repo, tag, digest, id, created, size, bakes = "0";
+  };
+  // Bakes (docs/snapshots.md) sit beside the image's root filesystem: "<manifest>.bake-<key>".
+  auto count_bakes = [&](const oci::Digest& manifest) {
+    size_t n = 0;
+    std::error_code ec;
+    const std::string prefix = manifest.file_name() + ".bake-";
+    for (auto& ent : std::filesystem::directory_iterator(store.rootfs_dir(), ec)) {
+      std::string name = ent.path().filename().string();
+      if (name.starts_with(prefix) && name.find(".tmp-") == std::string::npos) ++n;
+    }
+    return std::to_string(n);
   };
   std::vector<Row> rows;
   for (auto& e : store.list_refs()) {
@@ -63,6 +74,7 @@ int run_images(const ImagesArgs& a) {
       }
       r.created = ago(created);
       r.size = oci::human_size(img.manifest.layers_size());
+      r.bakes = count_bakes(img.manifest_digest);
     } catch (const std::exception& ex) {
       r.id = "<missing>";  // e.g. pulled for another platform, or blobs deleted by hand
       r.created = "N/A";
@@ -77,14 +89,14 @@ int run_images(const ImagesArgs& a) {
   }
   std::vector<std::vector<std::string>> table;
   if (a.digests)
-    table.push_back({"REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"});
+    table.push_back({"REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE", "BAKES"});
   else
-    table.push_back({"REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"});
+    table.push_back({"REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "BAKES"});
   for (auto& r : rows) {
     if (a.digests)
-      table.push_back({r.repo, r.tag, r.digest, r.id, r.created, r.size});
+      table.push_back({r.repo, r.tag, r.digest, r.id, r.created, r.size, r.bakes});
     else
-      table.push_back({r.repo, r.tag, r.id, r.created, r.size});
+      table.push_back({r.repo, r.tag, r.id, r.created, r.size, r.bakes});
   }
   std::vector<std::size_t> width(table[0].size(), 0);
   for (auto& row : table)
