@@ -1,6 +1,6 @@
-// sm::Pool: VMs restored ahead of time from an image's bake, one background thread keeping
-// `min` of them ready (plus one for each caller waiting in acquire()), never more than `max`
-// alive. A VM handed out is the caller's; the pool only counts it (through the lease its
+// sm::Pool: VMs restored ahead of time from an image's bake (and warmed with one exec), one
+// background thread keeping `min` of them ready (plus one for each caller waiting in
+// acquire()), never more than `max` alive. A VM handed out is the caller's; the pool only counts it (through the lease its
 // Vm::Impl holds) until it is dropped.
 #include <condition_variable>
 #include <deque>
@@ -91,7 +91,11 @@ struct Pool::Impl : std::enable_shared_from_this<Impl> {
         std::string error;
         try {
           vm.emplace(Vm::start(image, config.vm));
+          // Warm it: a clone's first exec faults in the guest pages a process start touches
+          // (copy-on-write from the snapshot); paid here, not by the caller of acquire().
+          if (vm->exec({"true"}).exit_code != 0) throw Error("the warm-up exec failed");
         } catch (const std::exception& e) {
+          vm.reset();
           error = e.what();
         }
         lock.lock();
