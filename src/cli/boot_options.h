@@ -9,6 +9,7 @@
 
 #include "arch/x86_64/layout.h"
 #include "common/error.h"
+#include "runtime/net_options.h"
 #include "vmm/machine_config.h"
 
 namespace sm::cli {
@@ -21,6 +22,9 @@ struct BootOptions {
   unsigned cpus = 1;
   uint64_t memory_mib = 256;
   std::string vsock;
+  std::string network = "none";       // none, user or tap:NAME (the guest configures eth0 itself)
+  std::vector<std::string> publish;  // -p, user mode
+  bool allow_host_loopback = false;
 };
 
 // "PATH" or "PATH:ro" / "PATH:rw". Only a trailing ":ro"/":rw" is special, so paths with other
@@ -63,6 +67,11 @@ inline void add_boot_options(CLI::App& app, BootOptions& o) {
       ->capture_default_str();
   app.add_option("--vsock", o.vsock,
                  "Unix socket for the host side of virtio-vsock (guest CID 3; see docs/vsock.md)");
+  app.add_option("--network", o.network,
+                 "virtio-net on none (default), user (NAT; the guest is 10.0.2.15/24, gateway 10.0.2.2) or tap:NAME")
+      ->capture_default_str();
+  app.add_option("-p,--publish", o.publish, "Publish a port (user mode): [HOST_IP:][HOST_PORT:]GUEST_PORT[/udp]");
+  app.add_flag("--allow-host-loopback", o.allow_host_loopback, "Let the guest reach the host's 127.0.0.1 at 10.0.2.2");
 }
 
 inline vmm::MachineConfig to_machine_config(const BootOptions& o) {
@@ -74,6 +83,12 @@ inline vmm::MachineConfig to_machine_config(const BootOptions& o) {
   c.cpus = o.cpus;
   c.memory_mib = o.memory_mib;
   if (!o.vsock.empty()) c.vsock_uds = o.vsock;
+  net::NetworkConfig n;
+  runtime::parse_network_mode(o.network, n);
+  for (const auto& p : o.publish) n.publish.push_back(runtime::parse_publish(p));
+  if (!n.publish.empty() && n.mode != net::Mode::user) throw Error("-p/--publish needs --network user");
+  n.policy.allow_host_loopback = o.allow_host_loopback;
+  if (n.mode != net::Mode::none) c.network = n;
   return c;
 }
 

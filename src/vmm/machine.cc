@@ -29,6 +29,8 @@
 #include "devices/virtio/mmio.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
+#include "devices/virtio/net.h"
+#include "net/make_backend.h"
 #include "common/build_id.h"
 
 namespace sm::vmm {
@@ -280,6 +282,15 @@ void Machine::setup_devices(const Restore* r) {
   }
   devs.push_back(std::make_shared<virtio::Rng>());
   if (cfg_.vsock_uds) devs.push_back(virtio::Vsock::create(loop_, cfg_.vsock_cid, cfg_.vsock_uds->string()));
+  if (has_network(cfg_)) {
+    // A fresh backend for a restored VM too: same guest addresses, its own NAT and ports.
+    // Published ports are bound here, so a taken one fails before the guest runs.
+    net_backend_ = net::make_backend(*cfg_.network);
+    virtio::NetOptions o;
+    o.mac = cfg_.network->plan.guest_mac;
+    o.mtu = static_cast<uint16_t>(cfg_.network->plan.mtu);
+    devs.push_back(virtio::Net::create(loop_, net_backend_, o));
+  }
 
   if (r) {
     // The devices this configuration gives must be the ones the snapshot holds, slot by slot,

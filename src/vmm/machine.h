@@ -49,6 +49,9 @@ class I8042;
 namespace sm::virtio {
 class MmioTransport;
 }
+namespace sm::net {
+class Backend;
+}
 
 namespace sm::vmm {
 
@@ -108,6 +111,10 @@ class Machine {
   // while it runs. Non-blocking.
   [[nodiscard]] std::optional<int> status() const;
 
+  // The network backend (published ports, counters); nullptr without a network device. Lives as
+  // long as the Machine; its methods are thread-safe.
+  [[nodiscard]] net::Backend* network() const { return net_backend_.get(); }
+
  private:
   struct Restore;
   void build_platform();
@@ -146,6 +153,7 @@ class Machine {
   Bus pio_bus_{"pio"};
   std::shared_ptr<devices::Serial> serial_;
   std::shared_ptr<devices::I8042> i8042_;
+  std::shared_ptr<net::Backend> net_backend_;  // before the devices that use it
   std::vector<std::shared_ptr<virtio::MmioTransport>> transports_;
   std::vector<UniqueFd> ioeventfds_;
   std::vector<std::unique_ptr<hv::Vcpu>> vcpus_;

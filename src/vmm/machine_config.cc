@@ -31,8 +31,10 @@ void check_file(const fs::path& p, const char* what, bool allow_block_device, bo
 
 }  // namespace
 
+bool has_network(const MachineConfig& cfg) { return cfg.network && cfg.network->mode != net::Mode::none; }
+
 size_t virtio_device_count(const MachineConfig& cfg) {
-  return cfg.disks.size() + 1 /* rng */ + (cfg.vsock_uds ? 1 : 0);
+  return cfg.disks.size() + 1 /* rng */ + (cfg.vsock_uds ? 1 : 0) + (has_network(cfg) ? 1 : 0);
 }
 
 void validate(const MachineConfig& cfg, uint64_t host_ram) {
@@ -69,6 +71,14 @@ void validate(const MachineConfig& cfg, uint64_t host_ram) {
   }
   if (cfg.vsock_cid < 3 || cfg.vsock_cid > 0xffffffffu)
     throw Error(fmt::format("vsock CID {} is invalid: guest CIDs start at 3", cfg.vsock_cid));
+
+  if (has_network(cfg)) {
+    const auto& n = *cfg.network;
+    if (n.mode == net::Mode::tap && n.tap_name.empty())
+      throw Error("--network tap:NAME needs the name of a TAP interface");
+    if (n.plan.mtu < 576 || n.plan.mtu > net::kMaxMtu)
+      throw Error(fmt::format("MTU {} is out of range: 576 to {}", n.plan.mtu, net::kMaxMtu));
+  }
 
   if (virtio_device_count(cfg) > x86::kMaxVirtioDevices)
     throw Error(fmt::format("too many devices: {} virtio devices asked for, at most {} fit ({} disks)",

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "net/config.h"
+
 namespace sm::vmm {
 
 struct DiskConfig {
@@ -30,6 +32,9 @@ struct MachineConfig {
   std::vector<DiskConfig> disks;                // /dev/vda, /dev/vdb, ... in this order
   std::optional<std::filesystem::path> vsock_uds;  // host side of virtio-vsock (see vsock.h)
   uint64_t vsock_cid = 3;
+  // A virtio-net interface (the last virtio device) on a user-mode NAT or TAP backend; unset or
+  // Mode::none: no network device. Published ports are bound before the VM starts.
+  std::optional<net::NetworkConfig> network;
 
   // Guest console (COM1) output; empty discards it. Called from vCPU threads.
   std::function<void(std::span<const std::byte>)> console;
@@ -69,7 +74,9 @@ struct VirtioMmioSlot {
 // the VM; panic=-1 reboots at once on a panic instead of hanging.
 [[nodiscard]] std::string kernel_cmdline(std::span<const VirtioMmioSlot> devices, std::string_view extra);
 
-// Number of virtio devices the config asks for: disks, the always-present rng, vsock.
+// Number of virtio devices the config asks for: disks, the always-present rng, vsock, net.
 [[nodiscard]] size_t virtio_device_count(const MachineConfig& cfg);
+// Whether cfg asks for a network device.
+[[nodiscard]] bool has_network(const MachineConfig& cfg);
 
 }  // namespace sm::vmm

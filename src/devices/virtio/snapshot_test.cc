@@ -20,8 +20,10 @@
 
 #include "devices/virtio/blk.h"
 #include "devices/virtio/fake_driver.h"
+#include "devices/virtio/fake_net_backend.h"
 #include "devices/virtio/fake_queue.h"
 #include "devices/virtio/mmio.h"
+#include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
 #include "snapshot/codec.h"
@@ -101,6 +103,20 @@ struct VsockCase {
   std::string dir;
 };
 
+struct NetCase {
+  static constexpr uint16_t kRequestQueue = 1;  // transmitq
+  std::shared_ptr<VirtioDevice> make() {
+    NetOptions o;
+    o.queue_size = kQueueSize;
+    return Net::create(loop, std::make_shared<testing::FakeNetBackend>(), o);  // a fresh backend
+  }
+  Request request(FakeQueue& fq) {
+    std::array<std::byte, kNetHdrSize + 60> frame{};  // header (no flags) + a 60-byte frame
+    return {{fq.readable(frame)}, 0};
+  }
+  EventLoop loop;
+};
+
 template <class Case>
 class VirtioSnapshotTest : public ::testing::Test {
  protected:
@@ -150,12 +166,13 @@ class VirtioSnapshotTest : public ::testing::Test {
   std::unique_ptr<MmioTransport> transport_;
 };
 
-using Cases = ::testing::Types<RngCase, BlkCase, VsockCase>;
+using Cases = ::testing::Types<RngCase, BlkCase, VsockCase, NetCase>;
 struct CaseNames {
   template <class T>
   static std::string GetName(int) {
     if (std::is_same_v<T, RngCase>) return "Rng";
     if (std::is_same_v<T, BlkCase>) return "Blk";
+    if (std::is_same_v<T, NetCase>) return "Net";
     return "Vsock";
   }
 };
