@@ -6,7 +6,8 @@
 //
 // As an ordinary process (--no-init) it serves the same protocol on a Unix socket without
 // mounting or powering anything off, so the protocol and exec machinery are tested on the host:
-//   sm-agent --no-init --listen unix:PATH [--notify unix:PATH] [--hostname H] [--debug]
+//   sm-agent --no-init --listen unix:PATH [--notify unix:PATH] [--tcp-listen unix:PATH]
+//            [--hostname H] [--debug]
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <sys/prctl.h>
@@ -38,6 +39,7 @@ struct Args {
   bool no_init = false;
   std::string listen;   // unix:PATH | vsock:PORT
   std::string notify;   // unix:PATH | vsock:CID:PORT
+  std::string tcp_listen;  // unix:PATH | vsock:PORT: the TCP forwarder (tcp_forward.h)
   std::string hostname;
   std::string users_root = "/";
   bool debug = false;
@@ -48,7 +50,7 @@ struct Args {
                "sm-agent: %s\n"
                "usage: sm-agent                      (as PID 1 in a supermachine VM)\n"
                "       sm-agent --no-init --listen unix:PATH|vsock:PORT [--notify unix:PATH|vsock:CID:PORT]\n"
-               "                [--hostname NAME] [--users-root DIR] [--debug]\n",
+               "                [--tcp-listen unix:PATH|vsock:PORT] [--hostname NAME] [--users-root DIR] [--debug]\n",
                why);
   std::exit(2);
 }
@@ -64,6 +66,7 @@ Args parse_args(int argc, char** argv) {
     if (arg == "--no-init") a.no_init = true;
     else if (arg == "--listen") a.listen = value();
     else if (arg == "--notify") a.notify = value();
+    else if (arg == "--tcp-listen") a.tcp_listen = value();
     else if (arg == "--hostname") a.hostname = value();
     else if (arg == "--users-root") a.users_root = value();
     else if (arg == "--debug") a.debug = true;
@@ -188,6 +191,13 @@ HelloReply hello_for(bool init, const std::string& hostname) {
     if (!warnings.empty()) SM_LOG_ERROR("kernel command line: %s", warnings.c_str());
     setup_root(cfg);
     UniqueFd listener = listen_on("vsock:" + std::to_string(cfg.port));
+    // TCP forwarding is an extra: without it the agent still serves its protocol.
+    UniqueFd tcp_listener;
+    try {
+      tcp_listener = listen_on("vsock:" + std::to_string(kTcpForwardPort));
+    } catch (const std::exception& e) {
+      SM_LOG_ERROR("TCP forwarding is off: %s", e.what());
+    }
     if (cfg.notify_port != 0) {
       try {
         notify_ready("vsock:2:" + std::to_string(cfg.notify_port), hello_for(true, cfg.hostname));
@@ -200,7 +210,7 @@ HelloReply hello_for(bool init, const std::string& hostname) {
     opts.init = true;
     opts.hostname = cfg.hostname;
     opts.console_fd = STDOUT_FILENO;
-    Server server(std::move(listener), opts);
+    Server server(std::move(listener), opts, std::move(tcp_listener));
     status = server.run();
   } catch (const std::exception& e) {
     SM_LOG_ERROR("%s", e.what());
@@ -219,14 +229,17 @@ int run_no_init(const Args& a) {
     hostname = h;
   }
   UniqueFd listener = listen_on(a.listen);
+  UniqueFd tcp_listener;
+  if (!a.tcp_listen.empty()) tcp_listener = listen_on(a.tcp_listen);
   if (!a.notify.empty()) notify_ready(a.notify, hello_for(false, hostname));
   ServerOptions opts;
   opts.init = false;
   opts.hostname = hostname;
   opts.users_root = a.users_root;
-  Server server(std::move(listener), opts);
+  Server server(std::move(listener), opts, std::move(tcp_listener));
   int status = server.run();
   if (a.listen.rfind("unix:", 0) == 0) ::unlink(a.listen.substr(5).c_str());
+  if (a.tcp_listen.rfind("unix:", 0) == 0) ::unlink(a.tcp_listen.substr(5).c_str());
   return status;
 }
 

@@ -20,12 +20,15 @@
 #include <map>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "agent/protocol.h"
 #include "log.h"
 #include "launch.h"
+#include "network.h"
 #include "restore.h"
+#include "tcp_forward.h"
 #include "users.h"
 
 #ifndef SM_AGENT_VERSION
@@ -44,6 +47,8 @@ constexpr size_t kOutHighWater = 512 << 10;
 // Above this much stdin not yet taken by the process, the agent stops decoding the connection.
 constexpr size_t kStdinHighWater = 4 << 20;
 constexpr size_t kMaxConnections = 256;
+// TCP forwarding children alive at once; a connection beyond is closed at once.
+constexpr size_t kMaxTcpForwards = 1024;
 
 void set_nonblock(int fd) {
   int fl = ::fcntl(fd, F_GETFL);
@@ -167,14 +172,22 @@ struct Server::Impl {
   Session* main_session = nullptr;
   bool main_started = false;
   std::optional<int> stop_status;
+  UniqueFd tcp_listener;
+  // Forked TCP forwarders (tcp_forward.h): reaped like any child, but they are no session and
+  // their exit reports nothing.
+  std::unordered_set<pid_t> tcp_forwards;
 
-  Impl(UniqueFd l, ServerOptions o) : opts(std::move(o)), listener(std::move(l)) {}
+  Impl(UniqueFd l, ServerOptions o, UniqueFd t) : opts(std::move(o)), listener(std::move(l)), tcp_listener(std::move(t)) {}
 
   // ---- set-up ----------------------------------------------------------------------------
 
   void start() {
     set_nonblock(listener.get());
     poller.add(listener.get(), EPOLLIN, [this](uint32_t) { on_accept(); });
+    if (tcp_listener) {
+      set_nonblock(tcp_listener.get());
+      poller.add(tcp_listener.get(), EPOLLIN, [this](uint32_t) { on_tcp_accept(); });
+    }
 
     sigset_t set;
     sigemptyset(&set);
@@ -196,7 +209,30 @@ struct Server::Impl {
     // Last chance for replies (the OK to POWER_OFF) to leave; best effort, never blocks.
     for (auto& [id, c] : conns) flush(*c);
     for (pid_t pg : started_groups) ::kill(-pg, SIGKILL);
+    for (pid_t pid : tcp_forwards) ::kill(pid, SIGKILL);
     return *stop_status;
+  }
+
+  // A TCP forwarding connection: a child of its own serves it (fork_tcp_forward), so the relay
+  // never blocks this loop. SIGCHLD is read on this same loop, so the pid is recorded before
+  // the reaper can see the child exit.
+  void on_tcp_accept() {
+    for (;;) {
+      int fd = ::accept4(tcp_listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) SM_LOG_ERROR("accept (tcp forward): %s", std::strerror(errno));
+        return;
+      }
+      if (tcp_forwards.size() >= kMaxTcpForwards) {
+        SM_LOG_ERROR("refusing a TCP forward: %zu already open", tcp_forwards.size());
+        ::close(fd);
+        continue;
+      }
+      pid_t pid = fork_tcp_forward(UniqueFd(fd));
+      if (pid < 0) SM_LOG_ERROR("fork (tcp forward): %s", std::strerror(errno));
+      else tcp_forwards.insert(pid);
+    }
   }
 
   // ---- connections -----------------------------------------------------------------------
@@ -448,6 +484,8 @@ struct Server::Impl {
           }
           case FrameType::kRestore:
             return on_restore(c, decode<RestoreRequest>(f.payload));
+          case FrameType::kNetwork:
+            return on_network(c, decode<NetworkRequest>(f.payload));
           case FrameType::kStdin:
           case FrameType::kStdinEof:
           case FrameType::kResize:
@@ -500,6 +538,23 @@ struct Server::Impl {
     }
     opts.hostname = req.hostname;
     send(c, FrameType::kOk, encode(std::get<RestoreReply>(result)));
+  }
+
+  // ---- network ---------------------------------------------------------------------------
+
+  // NETWORK (network.h). As PID 1 the files go to the container's root, "/"; without init only
+  // into an explicit --users-root, never the host's own /etc.
+  void on_network(Conn& c, const NetworkRequest& req) {
+    NetworkOptions no;
+    no.init = opts.init;
+    if (opts.init) no.root = "/";
+    else if (opts.users_root != "/") no.root = opts.users_root;
+    if (auto err = apply_network(req, no)) {
+      SM_LOG_ERROR("%s", err->message.c_str());
+      send(c, FrameType::kError, encode(*err));
+      return;
+    }
+    send(c, FrameType::kOk, encode_ok());
   }
 
   // ---- exec ------------------------------------------------------------------------------
@@ -809,6 +864,7 @@ struct Server::Impl {
       int st = 0;
       pid_t pid = ::waitpid(-1, &st, WNOHANG);
       if (pid <= 0) return;  // 0: none left exited; -1/ECHILD: no children at all
+      if (tcp_forwards.erase(pid)) continue;  // a TCP forwarder: nothing to report
       auto it = sessions.find(pid);
       if (it == sessions.end() || it->second->done) continue;  // an orphan we adopted
       finish_session(*it->second, st);
@@ -1031,8 +1087,8 @@ struct Server::Impl {
   }
 };
 
-Server::Server(UniqueFd listener, ServerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(listener), std::move(options))) {}
+Server::Server(UniqueFd listener, ServerOptions options, UniqueFd tcp_listener)
+    : impl_(std::make_unique<Impl>(std::move(listener), std::move(options), std::move(tcp_listener))) {}
 Server::~Server() = default;
 int Server::run() { return impl_->run(); }
 

@@ -2,7 +2,8 @@
 // host connection, every exec'd process's stdio, and a signalfd for SIGCHLD (reaping all
 // children, orphans included, which is PID 1's duty) and forwarded signals. Single-threaded so
 // that reaping, fork and session state never race. Each connection carries one request at a time
-// (docs/agent-protocol.md); concurrency comes from several connections.
+// (docs/agent-protocol.md); concurrency comes from several connections. A second, optional
+// listener takes TCP forwarding connections, each served by a forked child (tcp_forward.h).
 #pragma once
 
 #include <chrono>
@@ -27,7 +28,8 @@ struct ServerOptions {
 class Server {
  public:
   // `listener`: a listening stream socket (AF_VSOCK or AF_UNIX), non-blocking or not.
-  Server(UniqueFd listener, ServerOptions options);
+  // `tcp_listener`, when valid: the TCP forwarder's (vsock port kTcpForwardPort in a VM).
+  Server(UniqueFd listener, ServerOptions options, UniqueFd tcp_listener = {});
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -104,6 +104,9 @@ class Channel {
 
   [[nodiscard]] int fd() const { return fd_.get(); }
   FrameDecoder& decoder() { return dec_; }
+  // The socket, for a caller that leaves the framed protocol (connect_tcp); nothing may have
+  // been read into the decoder.
+  UniqueFd release() && { return std::move(fd_); }
 
   void send_all(std::string_view bytes, Clock::time_point deadline) {
     while (!bytes.empty()) {
@@ -572,6 +575,70 @@ RestoreReply Client::restore(const RestoreRequest& request) {
   if (f.type == FrameType::kError) throw_agent_error(f);
   if (f.type != FrameType::kOk) throw_unexpected(f, "OK");
   return decode<RestoreReply>(f.payload);
+}
+
+void Client::configure_network(const NetworkRequest& request) {
+  std::string payload = encode(request);  // refuses what the agent would, before connecting
+  auto deadline = deadline_after(options_.io_timeout);
+  Channel ch = Channel::open(endpoint_, deadline);
+  std::string frames = hello_frames();
+  encode_frame(frames, FrameType::kNetwork, payload);
+  ch.send_all(frames, deadline);
+  HelloReply h = expect_hello(ch, deadline);
+  if (h.version < kNetworkVersion)
+    throw ExecError(ErrorInfo{ErrorCode::kUnsupportedVersion,
+                              h.agent + " speaks protocol version " + std::to_string(h.version) +
+                                  ", which has no NETWORK (the VM's agent predates networking)"});
+  expect_ok(ch, deadline);
+}
+
+// ---- TCP forwarding ----------------------------------------------------------------------
+
+UniqueFd connect_tcp(const std::filesystem::path& vsock_uds, uint16_t guest_port, std::chrono::milliseconds timeout) {
+  const std::string what = "cannot connect to port " + std::to_string(guest_port) + " in the VM: ";
+  if (guest_port == 0) throw Error(what + "port 0 is not a port");
+  auto deadline = deadline_after(timeout);
+  Channel ch;
+  try {
+    ch = Channel::open(Endpoint::vsock(vsock_uds, kTcpForwardPort), deadline);
+    ch.send_all("TCP " + std::to_string(guest_port) + "\n", deadline);
+  } catch (const ProtocolError&) {
+    throw;
+  } catch (const Error& e) {
+    throw Error(what + e.what());
+  }
+  // The reply line, byte by byte: what follows it is the guest service's stream.
+  constexpr size_t kMaxReply = 256;
+  std::string line;
+  while (line.empty() || line.back() != '\n') {
+    if (line.size() >= kMaxReply) throw ProtocolError(what + "the agent's reply line is too long");
+    char c;
+    ssize_t n = ::read(ch.fd(), &c, 1);
+    if (n == 1) {
+      line.push_back(c);
+      continue;
+    }
+    if (n == 0 || (n < 0 && errno == ECONNRESET))
+      throw Error(what + "the agent closed the connection without an answer (does it predate TCP forwarding?)");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) throw sys_error(what + "read the agent's reply");
+    if (!wait_fd(ch.fd(), POLLIN, deadline)) throw Error(what + "timed out waiting for the agent's answer");
+  }
+  line.pop_back();
+  if (line == "OK") {
+    UniqueFd fd = std::move(ch).release();
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) throw sys_error("fcntl(~O_NONBLOCK)");
+    return fd;
+  }
+  if (line.rfind("ERR ", 0) == 0) {
+    std::string msg = line.substr(4);
+    // The guest's words reach a terminal: printable ASCII only.
+    for (char& c : msg)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+    throw Error(what + msg);
+  }
+  throw ProtocolError(what + "the agent's reply is neither OK nor ERR");
 }
 
 // ---- ReadyListener -----------------------------------------------------------------------

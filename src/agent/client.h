@@ -141,10 +141,27 @@ class Client {
   // the step and errno), and ExecError code kUnsupportedVersion for an agent that speaks only v1.
   RestoreReply restore(const RestoreRequest& request);
 
+  // Configures the guest's network (protocol v3): lo up, the interface with request.interface->mac
+  // (MTU, up, addresses, default routes), /etc/resolv.conf and /etc/hosts. Idempotent: send it
+  // again after a snapshot restore. Throws sm::Error before connecting for a request the agent
+  // would refuse (network_problem()), ExecError code kNetworkFailed when a step failed in the
+  // guest (the message names the step and errno), kUnsupportedVersion for an agent before v3.
+  void configure_network(const NetworkRequest& request);
+
  private:
   Endpoint endpoint_;
   ClientOptions options_;
 };
+
+// Opens a TCP connection to 127.0.0.1:`guest_port` (else [::1]) inside the VM, through the agent's
+// forwarder on vsock port kTcpForwardPort: connects to the VMM's vsock Unix socket `vsock_uds`,
+// does the "CONNECT 1026" handshake, sends "TCP <port>\n" and reads the agent's "OK\n". Returns
+// the socket, blocking (O_NONBLOCK cleared) and close-on-exec, carrying the raw byte stream;
+// shutdown(SHUT_WR) on it half-closes the guest side too. `timeout` bounds everything up to
+// the OK. Throws sm::Error "cannot connect to port 8080 in the VM: connection refused" (the
+// agent's reason, or the transport's), ProtocolError for a malformed reply.
+[[nodiscard]] UniqueFd connect_tcp(const std::filesystem::path& vsock_uds, uint16_t guest_port,
+                                   std::chrono::milliseconds timeout);
 
 // Receives the agent's readiness notification: the agent connects to the host once it is
 // listening and sends a HELLO (boot option sm.notify=PORT; the VMM forwards that guest-to-host

@@ -3,7 +3,9 @@
 // check that hostile frames end a session cleanly (an error, never a crash or a hang).
 #include "agent/client.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -16,11 +18,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #ifndef SM_AGENT_BINARY
@@ -863,17 +867,24 @@ class FakeVmm {
   [[nodiscard]] const fs::path& path() const { return path_; }
 
  private:
+  // Passes a half-close on (shutdown(SHUT_WR) on the other side), as the real VMM does
+  // (docs/vsock.md), and ends when both directions have.
   static void relay(int a, int b) {
     pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
     char buf[65536];
-    for (;;) {
+    while (p[0].fd >= 0 || p[1].fd >= 0) {
       if (::poll(p, 2, -1) <= 0) return;
       for (int i = 0; i < 2; ++i) {
-        if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
         ssize_t n = ::read(p[i].fd, buf, sizeof buf);
-        if (n <= 0) return;
+        if (n < 0) return;
+        if (n == 0) {
+          ::shutdown(i == 0 ? b : a, SHUT_WR);
+          p[i].fd = -1;
+          continue;
+        }
         for (ssize_t off = 0; off < n;) {
-          ssize_t w = ::send(p[1 - i].fd, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+          ssize_t w = ::send(i == 0 ? b : a, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
           if (w <= 0) return;
           off += w;
         }
@@ -933,7 +944,7 @@ std::string host_hostname() {
 TEST(AgentRestore, RoundTripWithoutInitLeavesTheHostAlone) {
   AgentProcess agent;
   Client c = agent.client();
-  EXPECT_EQ(c.hello().version, 2u) << "a current host and agent speak version 2";
+  EXPECT_EQ(c.hello().version, kProtocolVersion) << "a current host and agent speak the newest version";
   const std::string before = host_hostname();
   RestoreReply r = c.restore(restore_request("clone-42"));
   EXPECT_EQ(r, RestoreReply{}) << "without init the clock and hostname are skipped, entropy only mixed in";
@@ -1139,6 +1150,309 @@ TEST(ClientConnect, ReadyBackoffCapIsConfigurable) {
   // 1+2+4+8+16+32 ms, then every 50: about 12 tries in 400 ms; every 2 ms: well over 100.
   EXPECT_LE(slow, 20);
   EXPECT_GE(fast, 3 * slow) << "slow " << slow << ", fast " << fast;
+}
+
+// ---- NETWORK (protocol v3) ------------------------------------------------------------------
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+NetworkRequest network_request() {
+  NetworkRequest r;
+  r.interface = NetworkRequest::Interface{"52:54:00:12:34:56", 65520, "10.0.2.15", 24, "10.0.2.2",
+                                          "fec0::15", 64, "fec0::2"};
+  r.nameservers = {"10.0.2.3", "fec0::3"};
+  r.search = {"example"};
+  r.hosts = {{"db", "10.0.2.100"}};
+  r.hostname = "web-1";
+  return r;
+}
+
+TEST(AgentNetworkRequest, WithoutInitWritesTheFilesIntoTheUsersRootOnly) {
+  TempDir root;
+  AgentProcess agent({"--users-root", root.path().string()});
+  Client c = agent.client();
+  EXPECT_EQ(c.hello().version, 3u);
+  c.configure_network(network_request());
+  EXPECT_EQ(slurp(root.path() / "etc" / "resolv.conf"),
+            "# Written by sm-agent from the host's network configuration.\n"
+            "nameserver 10.0.2.3\nnameserver fec0::3\nsearch example\n");
+  std::string hosts = slurp(root.path() / "etc" / "hosts");
+  EXPECT_NE(hosts.find("10.0.2.15\tweb-1\n"), std::string::npos) << hosts;
+  EXPECT_NE(hosts.find("10.0.2.100\tdb\n"), std::string::npos) << hosts;
+  // Again (after a restore): fine, and the agent keeps serving.
+  c.configure_network(network_request());
+  EXPECT_EQ(c.exec(cmd({"echo", "ok"})).out, "ok\n");
+}
+
+TEST(AgentNetworkRequest, OlderSessionsAndBadRequestsAreRefused) {
+  AgentProcess agent;
+  NetworkRequest req = network_request();
+  std::string network = encode_frame(FrameType::kNetwork, encode(req));
+  // A v2 session has no NETWORK: a protocol error, as RESTORE is in a v1 session.
+  auto frames = raw_exchange(agent.socket(), encode_frame(FrameType::kHello, encode(HelloRequest{1, 2})) + network);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(decode<HelloReply>(frames[0].payload).version, 2u);
+  expect_protocol_error(frames, "NETWORK in a v2 session");
+  EXPECT_NE(decode<ErrorInfo>(frames[1].payload).message.find("version 3"), std::string::npos);
+  // Without --users-root the agent writes nothing (never the host's /etc) and answers OK.
+  frames = raw_exchange(agent.socket(), hello_request() + network);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[1].type, FrameType::kOk);
+  // A hostile host's request: a clear protocol error naming the field, the agent unharmed.
+  frames = raw_exchange(agent.socket(), hello_request() + encode_frame(FrameType::kNetwork,
+                                                                       R"({"nameservers":["1.1.1.1\nsearch evil"]})"));
+  expect_protocol_error(frames, "nameserver with a newline");
+  EXPECT_NE(decode<ErrorInfo>(frames.back().payload).message.find("NETWORK.nameservers"), std::string::npos);
+  EXPECT_EQ(agent.client().exec(cmd({"echo", "alive"})).out, "alive\n");
+  // The client refuses the same before connecting.
+  TempDir d;
+  Client nobody(Endpoint::unix_socket(d.path() / "nobody.sock"), ClientOptions{200ms, 1 << 20});
+  req.hosts.push_back({"bad name", "1.2.3.4"});
+  try {
+    nobody.configure_network(req);
+    FAIL();
+  } catch (const ExecError&) {
+    FAIL() << "must not reach an agent";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NETWORK.hosts"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ClientHostileAgent, NetworkAgainstAnOldAgentOrAFailedStep) {
+  {
+    HelloReply v2{2, "sm-agent old", true, "h"};
+    FakeAgent fake(encode_frame(FrameType::kHello, encode(v2)), /*hold_open=*/true);
+    try {
+      fake.client().configure_network(network_request());
+      FAIL();
+    } catch (const ExecError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kUnsupportedVersion) << e.what();
+    }
+  }
+  {
+    HelloReply v3{3, "fake", true, "h"};
+    FakeAgent fake(encode_frame(FrameType::kHello, encode(v3)) +
+                       encode_frame(FrameType::kError, encode(ErrorInfo{ErrorCode::kNetworkFailed,
+                                                                        "NETWORK: add 10.0.2.15/24 to eth0: Operation not permitted (errno 1)"})),
+                   /*hold_open=*/true);
+    try {
+      fake.client().configure_network(network_request());
+      FAIL();
+    } catch (const ExecError& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kNetworkFailed);
+      EXPECT_NE(std::string(e.what()).find("add 10.0.2.15/24 to eth0"), std::string::npos) << e.what();
+    }
+  }
+  {
+    HelloReply v3{3, "fake", true, "h"};
+    FakeAgent fake(encode_frame(FrameType::kHello, encode(v3)) + encode_frame(FrameType::kOk, "{}"), /*hold_open=*/true);
+    EXPECT_NO_THROW(fake.client().configure_network(network_request()));
+  }
+}
+
+// ---- TCP forwarding (vsock port 1026) ----------------------------------------------------------
+
+// A TCP service on 127.0.0.1 that echoes what it reads, upper-cased, then closes after EOF.
+class UpperEcho {
+ public:
+  UpperEcho() {
+    fd_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_.get(), 4) != 0 ||
+        ::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("listen on 127.0.0.1 failed");
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      UniqueFd c(::accept(fd_.get(), nullptr, nullptr));
+      if (!c) return;
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(c.get(), buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < n; ++i) buf[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(buf[i])));
+        if (::send(c.get(), buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) return;
+      }
+      (void)::send(c.get(), "<eof>", 5, MSG_NOSIGNAL);
+    });
+  }
+  ~UpperEcho() {
+    ::shutdown(fd_.get(), SHUT_RDWR);
+    thread_.join();
+  }
+  [[nodiscard]] uint16_t port() const { return port_; }
+
+ private:
+  UniqueFd fd_;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+std::string read_to_eof(int fd) {
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) s.append(buf, static_cast<size_t>(n));
+  return s;
+}
+
+TEST(AgentTcpForwardE2E, ThroughTheRealAgentAndTheVmmHandshake) {
+  TempDir d;
+  fs::path tcp_sock = d.path() / "tcp.sock";
+  AgentProcess agent({"--tcp-listen", "unix:" + tcp_sock.string()});
+  FakeVmm vmm(tcp_sock, kTcpForwardPort);
+  UpperEcho service;
+  UniqueFd s = connect_tcp(vmm.path(), service.port(), 5s);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(::fcntl(s.get(), F_GETFL) & O_NONBLOCK, 0) << "handed back blocking";
+  ASSERT_EQ(::send(s.get(), "hello", 5, MSG_NOSIGNAL), 5);
+  ::shutdown(s.get(), SHUT_WR);  // the service sees EOF and answers after it
+  EXPECT_EQ(read_to_eof(s.get()), "HELLO<eof>");
+  s.reset();
+  // A port nobody listens on in the "guest": the agent's reason, in the documented words.
+  UniqueFd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(probe.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(probe.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+  uint16_t closed = ntohs(a.sin_port);
+  probe.reset();
+  try {
+    (void)connect_tcp(vmm.path(), closed, 5s);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "cannot connect to port " + std::to_string(closed) + " in the VM: connection refused");
+  }
+  // The agent's protocol is unaffected, and its forwarders are reaped without a trace.
+  EXPECT_EQ(agent.client().exec(cmd({"echo", "ok"})).out, "ok\n");
+}
+
+// Plays the VMM and the agent's forwarder at once: checks "CONNECT 1026" and "TCP <port>",
+// then sends a scripted reply and holds the connection until the client leaves.
+class FakeForwarder {
+ public:
+  explicit FakeForwarder(std::string reply, bool vmm_refuses = false) {
+    path_ = dir_.path() / "vm.vsock";
+    listener_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
+    if (::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(listener_.get(), 1) != 0)
+      throw std::runtime_error("fake forwarder listen failed");
+    thread_ = std::thread([this, reply = std::move(reply), vmm_refuses] {
+      UniqueFd c(::accept(listener_.get(), nullptr, nullptr));
+      if (!c) return;
+      auto line = [&] {
+        std::string l;
+        char ch;
+        while (::read(c.get(), &ch, 1) == 1 && ch != '\n') l.push_back(ch);
+        return l;
+      };
+      connect_line = line();
+      if (vmm_refuses) return;
+      (void)::send(c.get(), "OK 1073741824\n", 14, MSG_NOSIGNAL);
+      tcp_line = line();
+      (void)::send(c.get(), reply.data(), reply.size(), MSG_NOSIGNAL);
+      char buf[4096];
+      while (::read(c.get(), buf, sizeof buf) > 0) {
+      }
+    });
+  }
+  ~FakeForwarder() { join(); }
+  // Waits for the fake to finish (the client must have closed); the lines are then stable.
+  void join() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+  }
+  [[nodiscard]] const fs::path& path() const { return path_; }
+  std::string connect_line, tcp_line;  // valid after join()
+
+ private:
+  TempDir dir_;
+  fs::path path_;
+  UniqueFd listener_;
+  std::thread thread_;
+};
+
+TEST(ClientConnectTcp, OkHandsOverTheStreamUntouched) {
+  FakeForwarder fake("OK\nfirst bytes of the service");
+  UniqueFd s = connect_tcp(fake.path(), 8080, 2s);
+  char buf[64];
+  ssize_t n = ::read(s.get(), buf, sizeof buf);
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), "first bytes of the service");
+  s.reset();
+  fake.join();
+  EXPECT_EQ(fake.connect_line, "CONNECT 1026");
+  EXPECT_EQ(fake.tcp_line, "TCP 8080");
+}
+
+TEST(ClientConnectTcp, ErrAndTimeoutAndGarbage) {
+  {
+    FakeForwarder fake("ERR connection refused\n");
+    try {
+      (void)connect_tcp(fake.path(), 8080, 2s);
+      FAIL();
+    } catch (const ProtocolError& e) {
+      FAIL() << e.what();
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "cannot connect to port 8080 in the VM: connection refused");
+    }
+  }
+  {
+    FakeForwarder fake("ERR \x1b[31mred\x07\n");
+    try {
+      (void)connect_tcp(fake.path(), 8080, 2s);
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "cannot connect to port 8080 in the VM: ?[31mred?") << "control bytes neutralised";
+    }
+  }
+  {
+    FakeForwarder fake("");  // never answers
+    auto t0 = Clock::now();
+    try {
+      (void)connect_tcp(fake.path(), 8080, 300ms);
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(Clock::now() - t0, 3s);
+    EXPECT_GE(Clock::now() - t0, 290ms);
+  }
+  {
+    FakeForwarder fake("HTTP/1.1 400 Bad Request\r\n");
+    EXPECT_THROW((void)connect_tcp(fake.path(), 8080, 2s), ProtocolError);
+  }
+  {
+    FakeForwarder fake(std::string(1000, 'O'));  // no newline: capped, not buffered for ever
+    EXPECT_THROW((void)connect_tcp(fake.path(), 8080, 2s), ProtocolError);
+  }
+  {
+    FakeForwarder fake("", /*vmm_refuses=*/true);  // nothing listens on vsock port 1026
+    try {
+      (void)connect_tcp(fake.path(), 8080, 2s);
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("cannot connect to port 8080 in the VM: ", 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find("1026"), std::string::npos) << e.what();
+    }
+  }
+  TempDir d;
+  try {
+    (void)connect_tcp(d.path() / "no-vm.vsock", 8080, 200ms);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("cannot connect to port 8080 in the VM: ", 0), 0u) << e.what();
+  }
 }
 
 }  // namespace

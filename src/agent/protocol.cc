@@ -1,5 +1,7 @@
 #include "agent/protocol.h"
 
+#include <arpa/inet.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -13,7 +15,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::array<std::pair<FrameType, std::string_view>, 18> kTypes{{
+constexpr std::array<std::pair<FrameType, std::string_view>, 19> kTypes{{
     {FrameType::kHello, "HELLO"},
     {FrameType::kExec, "EXEC"},
     {FrameType::kStarted, "STARTED"},
@@ -32,9 +34,10 @@ constexpr std::array<std::pair<FrameType, std::string_view>, 18> kTypes{{
     {FrameType::kError, "ERROR"},
     {FrameType::kPowerOff, "POWER_OFF"},
     {FrameType::kRestore, "RESTORE"},
+    {FrameType::kNetwork, "NETWORK"},
 }};
 
-constexpr std::array<std::pair<ErrorCode, std::string_view>, 10> kErrorCodes{{
+constexpr std::array<std::pair<ErrorCode, std::string_view>, 11> kErrorCodes{{
     {ErrorCode::kProtocol, "protocol"},
     {ErrorCode::kUnsupportedVersion, "unsupported_version"},
     {ErrorCode::kBadRequest, "bad_request"},
@@ -44,6 +47,7 @@ constexpr std::array<std::pair<ErrorCode, std::string_view>, 10> kErrorCodes{{
     {ErrorCode::kBusy, "busy"},
     {ErrorCode::kFileError, "file_error"},
     {ErrorCode::kRestoreFailed, "restore_failed"},
+    {ErrorCode::kNetworkFailed, "network_failed"},
     {ErrorCode::kInternal, "internal"},
 }};
 
@@ -225,7 +229,16 @@ bool is_json_type(FrameType type) {
   }
 }
 
-uint32_t min_version_for(FrameType type) { return type == FrameType::kRestore ? kRestoreVersion : 1; }
+uint32_t min_version_for(FrameType type) {
+  switch (type) {
+    case FrameType::kRestore:
+      return kRestoreVersion;
+    case FrameType::kNetwork:
+      return kNetworkVersion;
+    default:
+      return 1;
+  }
+}
 
 void check_frame_version(FrameType type, uint32_t version) {
   uint32_t need = min_version_for(type);
@@ -247,6 +260,91 @@ bool valid_hostname(std::string_view name) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
            c == '.';
   });
+}
+
+bool valid_dns_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxDnsName) return false;
+  size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;  // leading dot or an empty label
+      label = 0;
+      continue;
+    }
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!ok || ++label > 63) return false;
+  }
+  return label > 0;  // no trailing dot
+}
+
+namespace {
+// inet_pton needs a NUL-terminated copy; the length caps keep it small (INET6_ADDRSTRLEN).
+bool parses_as(int family, std::string_view text) {
+  if (text.empty() || text.size() >= 46 || text.find('\0') != std::string_view::npos) return false;
+  std::string copy(text);
+  unsigned char buf[16];
+  return ::inet_pton(family, copy.c_str(), buf) == 1;
+}
+bool valid_ip(std::string_view text) { return parses_as(AF_INET, text) || parses_as(AF_INET6, text); }
+}  // namespace
+
+bool valid_ipv4(std::string_view text) { return parses_as(AF_INET, text); }
+bool valid_ipv6(std::string_view text) { return parses_as(AF_INET6, text); }
+
+bool valid_mac(std::string_view text) {
+  if (text.size() != 17) return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (i % 3 == 2) {
+      if (text[i] != ':') return false;
+    } else if (hex_value(text[i]) < 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string network_problem(const NetworkRequest& m) {
+  if (const auto& i = m.interface) {
+    if (!valid_mac(i->mac)) return "NETWORK.interface.mac must be a MAC address like 52:54:00:12:34:56";
+    if (i->mtu != 0 && (i->mtu < 68 || i->mtu > 65535)) return "NETWORK.interface.mtu must be 68..65535 (or 0: unchanged)";
+    if (!valid_ipv4(i->ipv4)) return "NETWORK.interface.ipv4 must be an IPv4 address";
+    if (i->ipv4_prefix < 1 || i->ipv4_prefix > 32) return "NETWORK.interface.ipv4_prefix must be 1..32";
+    if (!i->gateway4.empty() && !valid_ipv4(i->gateway4)) return "NETWORK.interface.gateway4 must be an IPv4 address";
+    if (i->ipv6.empty()) {
+      if (!i->gateway6.empty()) return "NETWORK.interface.gateway6 needs an ipv6 address";
+    } else {
+      if (!valid_ipv6(i->ipv6)) return "NETWORK.interface.ipv6 must be an IPv6 address";
+      if (i->ipv6_prefix < 1 || i->ipv6_prefix > 128) return "NETWORK.interface.ipv6_prefix must be 1..128";
+      if (!i->gateway6.empty() && !valid_ipv6(i->gateway6)) return "NETWORK.interface.gateway6 must be an IPv6 address";
+      if (i->mtu != 0 && i->mtu < 1280) return "NETWORK.interface.mtu must be at least 1280 with IPv6";
+    }
+  }
+  if (m.nameservers.size() > kMaxNameservers)
+    return "NETWORK.nameservers has more than " + std::to_string(kMaxNameservers) + " entries";
+  for (const auto& n : m.nameservers)
+    if (!valid_ip(n)) return "NETWORK.nameservers entries must be IPv4 or IPv6 addresses";
+  if (m.search.size() > kMaxSearchDomains)
+    return "NETWORK.search has more than " + std::to_string(kMaxSearchDomains) + " entries";
+  for (const auto& d : m.search)
+    if (!valid_dns_name(d)) return "NETWORK.search entries must be DNS names";
+  if (m.options.size() > kMaxResolvOptions)
+    return "NETWORK.options has more than " + std::to_string(kMaxResolvOptions) + " entries";
+  for (const auto& o : m.options) {
+    // One resolv.conf token: "ndots:2", "edns0", "timeout:1", "use-vc".
+    bool ok = !o.empty() && o.size() <= 64 && std::all_of(o.begin(), o.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ':' || c == '-' ||
+             c == '_' || c == '.';
+    });
+    if (!ok) return "NETWORK.options entries must be resolver options like ndots:1 (letters, digits, ':', '-', '_', '.')";
+  }
+  if (m.hosts.size() > kMaxExtraHosts) return "NETWORK.hosts has more than " + std::to_string(kMaxExtraHosts) + " entries";
+  for (const auto& [name, ip] : m.hosts) {
+    if (!valid_hostname(name) && !valid_dns_name(name)) return "NETWORK.hosts names must be host names or DNS names";
+    if (!valid_ip(ip)) return "NETWORK.hosts addresses must be IPv4 or IPv6 addresses";
+  }
+  if (!m.hostname.empty() && !valid_hostname(m.hostname))
+    return "NETWORK.hostname must be 1.." + std::to_string(kMaxHostname) + " letters, digits, '-', '_' or '.'";
+  return {};
 }
 
 std::string_view type_name(FrameType type) {
@@ -403,6 +501,29 @@ std::string encode(const RestoreRequest& m) {
 
 std::string encode(const RestoreReply& m) {
   return dump({{"clock_set", m.clock_set}, {"entropy_credited", m.entropy_credited}, {"hostname_set", m.hostname_set}});
+}
+
+std::string encode(const NetworkRequest& m) {
+  if (std::string why = network_problem(m); !why.empty()) throw Error("agent protocol: " + why);
+  json j = json::object();
+  if (const auto& i = m.interface) {
+    json ij = {{"mac", i->mac}, {"mtu", i->mtu}, {"ipv4", i->ipv4}, {"ipv4_prefix", i->ipv4_prefix}};
+    if (!i->gateway4.empty()) ij["gateway4"] = i->gateway4;
+    if (!i->ipv6.empty()) {
+      ij["ipv6"] = i->ipv6;
+      ij["ipv6_prefix"] = i->ipv6_prefix;
+      if (!i->gateway6.empty()) ij["gateway6"] = i->gateway6;
+    }
+    j["interface"] = std::move(ij);
+  }
+  j["nameservers"] = m.nameservers;
+  j["search"] = m.search;
+  if (!m.options.empty()) j["options"] = m.options;
+  json hosts = json::array();
+  for (const auto& [name, ip] : m.hosts) hosts.push_back({{"name", name}, {"ip", ip}});
+  j["hosts"] = std::move(hosts);
+  if (!m.hostname.empty()) j["hostname"] = m.hostname;
+  return dump(j);
 }
 
 std::string encode(const ErrorInfo& m) {
@@ -592,6 +713,52 @@ RestoreReply decode<RestoreReply>(std::string_view payload) {
   m.clock_set = get_bool(j, "clock_set", "OK");
   m.entropy_credited = get_bool(j, "entropy_credited", "OK");
   m.hostname_set = get_bool(j, "hostname_set", "OK");
+  return m;
+}
+
+template <>
+NetworkRequest decode<NetworkRequest>(std::string_view payload) {
+  constexpr std::string_view w = "NETWORK";
+  json j = parse_object(payload, w);
+  NetworkRequest m;
+  // Counts first, so a hostile peer cannot make the agent copy more than the caps.
+  auto check_count = [&](const char* key, size_t cap) {
+    const json* f = field(j, key);
+    if (f && f->is_array() && f->size() > cap)
+      fail(where(w, key) + " has more than " + std::to_string(cap) + " entries");
+  };
+  check_count("nameservers", kMaxNameservers);
+  check_count("search", kMaxSearchDomains);
+  check_count("options", kMaxResolvOptions);
+  check_count("hosts", kMaxExtraHosts);
+  if (const json* i = field(j, "interface")) {
+    if (!i->is_object()) fail("NETWORK.interface must be an object");
+    constexpr std::string_view wi = "NETWORK.interface";
+    NetworkRequest::Interface in;
+    in.mac = get_string(*i, "mac", wi, true);
+    in.mtu = get_int<unsigned>(*i, "mtu", wi, 0u);
+    in.ipv4 = get_string(*i, "ipv4", wi, true);
+    in.ipv4_prefix = get_int<unsigned>(*i, "ipv4_prefix", wi);
+    in.gateway4 = get_string(*i, "gateway4", wi);
+    in.ipv6 = get_string(*i, "ipv6", wi);
+    in.ipv6_prefix = get_int<unsigned>(*i, "ipv6_prefix", wi, in.ipv6.empty() ? 64u : std::optional<unsigned>{});
+    in.gateway6 = get_string(*i, "gateway6", wi);
+    m.interface = std::move(in);
+  }
+  m.nameservers = get_strings(j, "nameservers", w);
+  m.search = get_strings(j, "search", w);
+  m.options = get_strings(j, "options", w);
+  if (const json* h = field(j, "hosts")) {
+    if (!h->is_array()) fail("NETWORK.hosts must be an array of {\"name\",\"ip\"} objects");
+    for (const auto& e : *h) {
+      if (!e.is_object()) fail("NETWORK.hosts entries must be {\"name\",\"ip\"} objects");
+      std::string name = get_string(e, "name", "NETWORK.hosts", true);
+      std::string ip = get_string(e, "ip", "NETWORK.hosts", true);
+      m.hosts.emplace_back(std::move(name), std::move(ip));
+    }
+  }
+  m.hostname = get_string(j, "hostname", w);
+  if (std::string why = network_problem(m); !why.empty()) fail(why);
   return m;
 }
 

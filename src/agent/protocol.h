@@ -21,15 +21,24 @@
 namespace sm::agent {
 
 // A client offers [min, max]; the agent picks the highest version both speak, or answers ERROR
-// unsupported_version. Version 2 adds RESTORE (per-clone facts after a snapshot restore); a
-// version 1 session is exactly the original protocol.
+// unsupported_version. Version 2 adds RESTORE (per-clone facts after a snapshot restore),
+// version 3 adds NETWORK (the guest's interface, resolv.conf and hosts); a version 1 session is
+// exactly the original protocol.
 inline constexpr uint32_t kMinProtocolVersion = 1;
-inline constexpr uint32_t kProtocolVersion = 2;  // the highest version this build speaks
+inline constexpr uint32_t kProtocolVersion = 3;  // the highest version this build speaks
 inline constexpr uint32_t kRestoreVersion = 2;   // the first version with RESTORE
+inline constexpr uint32_t kNetworkVersion = 3;   // the first version with NETWORK
 inline constexpr std::string_view kProtocolName = "supermachine-agent";
 
 // The vsock port the agent listens on inside the VM.
 inline constexpr uint32_t kDefaultPort = 1024;
+// The vsock port of the agent's TCP forwarder (no frames: one line "TCP <port>\n", answered
+// "OK\n" or "ERR <message>\n", then raw bytes to 127.0.0.1:<port> in the guest). See connect_tcp()
+// in client.h and docs/agent-protocol.md.
+inline constexpr uint32_t kTcpForwardPort = 1026;
+// The request line's caps on the forwarder (the agent drops a connection past either).
+inline constexpr size_t kMaxTcpRequestLine = 32;
+inline constexpr std::chrono::milliseconds kTcpRequestDeadline{2000};
 
 // Frame = u32 little-endian payload length, u8 type, payload.
 inline constexpr size_t kFrameHeaderSize = 5;
@@ -60,6 +69,7 @@ enum class FrameType : uint8_t {
                     // the connection)
   kPowerOff = 17,   // JSON, host -> agent: {"status"}: stop everything, power the VM off
   kRestore = 18,    // JSON, host -> agent (v2): RestoreRequest after a snapshot restore; OK/ERROR
+  kNetwork = 19,    // JSON, host -> agent (v3): NetworkRequest; OK/ERROR
 };
 
 [[nodiscard]] bool is_known_type(uint8_t type);
@@ -216,6 +226,48 @@ struct RestoreReply {
   bool operator==(const RestoreReply&) const = default;
 };
 
+// NETWORK (protocol v3): configures the guest's network from the host's address plan. The agent
+// brings `lo` up, configures the interface with `mac` (MTU, up, addresses, default routes, over
+// rtnetlink; idempotent, so a second NETWORK after a snapshot restore succeeds), then writes
+// /etc/resolv.conf and /etc/hosts in the container's root, atomically.
+inline constexpr size_t kMaxNameservers = 16;
+inline constexpr size_t kMaxSearchDomains = 6;  // glibc's historical MAXDNSRCH
+inline constexpr size_t kMaxResolvOptions = 16;
+inline constexpr size_t kMaxExtraHosts = 256;
+inline constexpr size_t kMaxDnsName = 253;
+struct NetworkInterface {
+  std::string mac;            // "52:54:00:12:34:56": the interface with this address is configured
+  unsigned mtu = 0;           // 68..65535 (1280.. with IPv6); 0 leaves the MTU alone
+  std::string ipv4;           // IPv4 literal
+  unsigned ipv4_prefix = 24;  // 1..32
+  std::string gateway4;       // IPv4 literal; empty: no IPv4 default route
+  std::string ipv6;           // IPv6 literal; empty: no IPv6 address (and no gateway6)
+  unsigned ipv6_prefix = 64;  // 1..128
+  std::string gateway6;       // IPv6 literal; empty: no IPv6 default route
+  bool operator==(const NetworkInterface&) const = default;
+};
+struct NetworkRequest {
+  using Interface = NetworkInterface;
+  std::optional<Interface> interface;     // absent: leave the interfaces alone (lo is still brought up)
+  std::vector<std::string> nameservers;   // IP literals, up to kMaxNameservers ("nameserver X")
+  std::vector<std::string> search;        // DNS names, up to kMaxSearchDomains ("search a b")
+  std::vector<std::string> options;       // resolver options ("ndots:1", "edns0"), up to kMaxResolvOptions
+  std::vector<std::pair<std::string, std::string>> hosts;  // extra /etc/hosts lines (name, ip)
+  std::string hostname;                   // /etc/hosts' own line (valid_hostname); empty: none
+  bool operator==(const NetworkRequest&) const = default;
+};
+// A DNS name: 1..253 characters, dot-separated labels of 1..63 letters, digits, '-' or '_'
+// (no leading or trailing dot, no empty label). Every valid_hostname() with dots in the right
+// places is one.
+[[nodiscard]] bool valid_dns_name(std::string_view name);
+[[nodiscard]] bool valid_ipv4(std::string_view text);
+[[nodiscard]] bool valid_ipv6(std::string_view text);
+// "52:54:00:12:34:56": six pairs of hex digits, either case.
+[[nodiscard]] bool valid_mac(std::string_view text);
+// Why decode<NetworkRequest> would refuse `m`, or empty when it is valid. Both encode and decode
+// apply it: one rule on both sides.
+[[nodiscard]] std::string network_problem(const NetworkRequest& m);
+
 enum class ErrorCode {
   kProtocol,              // malformed or unexpected frame; the agent closes the connection
   kUnsupportedVersion,    // no common protocol version
@@ -226,6 +278,7 @@ enum class ErrorCode {
   kBusy,                  // a main process already exists / no main process to signal
   kFileError,             // write_file / read_file failed (errno in the message)
   kRestoreFailed,         // a RESTORE step failed (the step and errno in the message)
+  kNetworkFailed,         // a NETWORK step failed (the step and errno in the message)
   kInternal,              // the agent failed on its own side
 };
 [[nodiscard]] std::string_view error_code_name(ErrorCode code);
@@ -253,6 +306,8 @@ struct ErrorInfo {
 // Throws sm::Error (not ProtocolError: the caller's own input) for a request decode would refuse.
 [[nodiscard]] std::string encode(const RestoreRequest& m);
 [[nodiscard]] std::string encode(const RestoreReply& m);
+// Throws sm::Error (the caller's own input) for a request network_problem() refuses.
+[[nodiscard]] std::string encode(const NetworkRequest& m);
 [[nodiscard]] std::string encode(const ErrorInfo& m);
 [[nodiscard]] std::string encode_ok();
 
@@ -271,6 +326,7 @@ template <> FileInfo decode<FileInfo>(std::string_view);
 template <> PowerOffRequest decode<PowerOffRequest>(std::string_view);
 template <> RestoreRequest decode<RestoreRequest>(std::string_view);
 template <> RestoreReply decode<RestoreReply>(std::string_view);
+template <> NetworkRequest decode<NetworkRequest>(std::string_view);
 template <> ErrorInfo decode<ErrorInfo>(std::string_view);
 // Validates that an OK payload is a JSON object (its fields are informational).
 void decode_ok(std::string_view payload);

@@ -53,7 +53,7 @@ TEST(AgentProtocol, OversizeFrameIsRejectedAtItsHeader) {
 }
 
 TEST(AgentProtocol, UnknownTypeIsRejected) {
-  for (uint8_t t : {uint8_t{0}, uint8_t{19}, uint8_t{200}, uint8_t{255}}) {
+  for (uint8_t t : {uint8_t{0}, uint8_t{20}, uint8_t{200}, uint8_t{255}}) {
     FrameDecoder d;
     d.feed(header(0, t));
     EXPECT_THROW((void)d.next(), ProtocolError) << "type " << int(t);
@@ -207,7 +207,7 @@ TEST(AgentProtocol, RandomInputNeverCrashesTheDecoders) {
     if (round % 3 == 0 && junk.size() >= 5) {  // plausible headers get further in
       junk[0] = static_cast<char>(junk.size() - 5);
       junk[1] = junk[2] = junk[3] = 0;
-      junk[4] = static_cast<char>(1 + rng() % 18);
+      junk[4] = static_cast<char>(1 + rng() % 19);
     }
     FrameDecoder d;
     d.feed(junk);
@@ -233,6 +233,10 @@ TEST(AgentProtocol, RandomInputNeverCrashesTheDecoders) {
         (void)decode<RestoreRequest>(*text);
       } catch (const ProtocolError&) {
       }
+      try {
+        (void)decode<NetworkRequest>(*text);
+      } catch (const ProtocolError&) {
+      }
     }
   }
 }
@@ -241,12 +245,13 @@ TEST(AgentProtocol, RandomInputNeverCrashesTheDecoders) {
 
 TEST(AgentProtocol, VersionNegotiationPicksTheHighestCommonVersion) {
   EXPECT_EQ(HelloRequest{}.min_version, 1u) << "a new host still talks to a v1 agent";
-  EXPECT_EQ(HelloRequest{}.max_version, 2u);
-  EXPECT_EQ(negotiate_version(HelloRequest{}), 2u);
+  EXPECT_EQ(HelloRequest{}.max_version, 3u);
+  EXPECT_EQ(negotiate_version(HelloRequest{}), 3u);
   EXPECT_EQ(negotiate_version(HelloRequest{1, 1}), 1u) << "a v1 host gets a v1 session";
   EXPECT_EQ(negotiate_version(HelloRequest{2, 2}), 2u);
-  EXPECT_EQ(negotiate_version(HelloRequest{1, 9}), 2u) << "a newer host gets what this agent speaks";
-  EXPECT_EQ(negotiate_version(HelloRequest{3, 9}), std::nullopt);
+  EXPECT_EQ(negotiate_version(HelloRequest{1, 2}), 2u) << "a v2 host gets a v2 session";
+  EXPECT_EQ(negotiate_version(HelloRequest{1, 9}), 3u) << "a newer host gets what this agent speaks";
+  EXPECT_EQ(negotiate_version(HelloRequest{4, 9}), std::nullopt);
   EXPECT_EQ(negotiate_version(HelloRequest{0, 0}), std::nullopt);
   EXPECT_EQ(negotiate_version(HelloRequest{2, 1}), std::nullopt);
   // What a v1 host sends, byte for byte, still decodes.
@@ -370,6 +375,172 @@ TEST(AgentProtocol, HostnameRule) {
   for (const char* bad : {"", "a b", "a/b", "a:b", "a\tb", "a$", "\xc3\xa9", "a\nb"})
     EXPECT_FALSE(valid_hostname(bad)) << bad;
   EXPECT_FALSE(valid_hostname(std::string_view("a\0b", 3)));
+}
+
+// ---- version 3: NETWORK ---------------------------------------------------------------------
+
+NetworkRequest plan_request() {
+  NetworkRequest r;
+  r.interface = NetworkRequest::Interface{"52:54:00:12:34:56", 65520, "10.0.2.15", 24, "10.0.2.2",
+                                          "fec0::15", 64, "fec0::2"};
+  r.nameservers = {"10.0.2.3", "fec0::3"};
+  r.search = {"corp.example", "example"};
+  r.options = {"ndots:1", "edns0"};
+  r.hosts = {{"db", "10.0.2.100"}, {"cache.internal", "fec0::99"}};
+  r.hostname = "web-1";
+  return r;
+}
+
+TEST(AgentProtocol, NetworkIsAVersion3Frame) {
+  EXPECT_EQ(min_version_for(FrameType::kNetwork), 3u);
+  EXPECT_THROW(check_frame_version(FrameType::kNetwork, 2), ProtocolError);
+  EXPECT_NO_THROW(check_frame_version(FrameType::kNetwork, 3));
+  EXPECT_NO_THROW(check_frame_version(FrameType::kRestore, 3));
+  EXPECT_TRUE(is_known_type(19));
+  EXPECT_FALSE(is_known_type(20));
+  EXPECT_TRUE(is_json_type(FrameType::kNetwork));
+  EXPECT_EQ(type_name(FrameType::kNetwork), "NETWORK");
+  EXPECT_EQ(error_code_name(ErrorCode::kNetworkFailed), "network_failed");
+  EXPECT_EQ(error_code_from_name("network_failed"), ErrorCode::kNetworkFailed);
+  EXPECT_EQ(exit_code_for(ErrorCode::kNetworkFailed), 125);
+  EXPECT_EQ(kTcpForwardPort, 1026u);
+}
+
+TEST(AgentProtocol, NetworkRequestRoundTrip) {
+  NetworkRequest full = plan_request();
+  EXPECT_EQ(decode<NetworkRequest>(encode(full)), full);
+  // IPv4 only, no gateway, MTU left alone.
+  NetworkRequest v4;
+  v4.interface = NetworkRequest::Interface{"52:54:00:AB:cd:EF", 0, "192.168.1.2", 16, "", "", 64, ""};
+  EXPECT_EQ(decode<NetworkRequest>(encode(v4)), v4);
+  // Files only: no interface at all.
+  NetworkRequest files;
+  files.nameservers = {"1.1.1.1"};
+  files.hosts = {{"a", "1.2.3.4"}};
+  EXPECT_EQ(decode<NetworkRequest>(encode(files)), files);
+  EXPECT_EQ(decode<NetworkRequest>("{}"), NetworkRequest{});
+  // The caps themselves are accepted.
+  NetworkRequest most;
+  for (size_t i = 0; i < kMaxNameservers; ++i) most.nameservers.push_back("10.0.0." + std::to_string(i + 1));
+  for (size_t i = 0; i < kMaxSearchDomains; ++i) most.search.push_back("d" + std::to_string(i) + ".example");
+  for (size_t i = 0; i < kMaxExtraHosts; ++i) most.hosts.emplace_back("h" + std::to_string(i), "10.1.0.1");
+  most.search.back() = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+                       std::string(61, 'd');  // 253 characters
+  ASSERT_EQ(most.search.back().size(), kMaxDnsName);
+  std::string wire = encode(most);
+  EXPECT_EQ(decode<NetworkRequest>(wire), most);
+  EXPECT_NO_THROW((void)encode_frame(FrameType::kNetwork, wire));
+  // The wire form documented in docs/agent-protocol.md.
+  auto j = nlohmann::json::parse(encode(full));
+  EXPECT_EQ(j["interface"]["mac"], "52:54:00:12:34:56");
+  EXPECT_EQ(j["interface"]["ipv4_prefix"], 24);
+  EXPECT_EQ(j["interface"]["gateway6"], "fec0::2");
+  EXPECT_EQ(j["hosts"][1]["name"], "cache.internal");
+  EXPECT_EQ(j["hosts"][1]["ip"], "fec0::99");
+  EXPECT_EQ(j["hostname"], "web-1");
+}
+
+TEST(AgentProtocol, NetworkRequestRefusals) {
+  auto with = [](auto change) {
+    NetworkRequest r = plan_request();
+    change(r);
+    return r;
+  };
+  using I = NetworkRequest::Interface;
+  const std::vector<std::pair<std::string, NetworkRequest>> refused = {
+      {"mac short", with([](NetworkRequest& r) { r.interface->mac = "52:54:00:12:34"; })},
+      {"mac dashes", with([](NetworkRequest& r) { r.interface->mac = "52-54-00-12-34-56"; })},
+      {"mac not hex", with([](NetworkRequest& r) { r.interface->mac = "52:54:00:12:34:zz"; })},
+      {"mtu tiny", with([](NetworkRequest& r) { r.interface->mtu = 67; })},
+      {"mtu huge", with([](NetworkRequest& r) { r.interface->mtu = 65536; })},
+      {"mtu under 1280 with ipv6", with([](NetworkRequest& r) { r.interface->mtu = 1279; })},
+      {"ipv4 missing", with([](NetworkRequest& r) { r.interface->ipv4 = ""; })},
+      {"ipv4 is v6", with([](NetworkRequest& r) { r.interface->ipv4 = "fec0::15"; })},
+      {"ipv4 octet", with([](NetworkRequest& r) { r.interface->ipv4 = "10.0.2.256"; })},
+      {"ipv4 with prefix", with([](NetworkRequest& r) { r.interface->ipv4 = "10.0.2.15/24"; })},
+      {"ipv4 prefix 0", with([](NetworkRequest& r) { r.interface->ipv4_prefix = 0; })},
+      {"ipv4 prefix 33", with([](NetworkRequest& r) { r.interface->ipv4_prefix = 33; })},
+      {"gateway4 v6", with([](NetworkRequest& r) { r.interface->gateway4 = "fec0::2"; })},
+      {"ipv6 is v4", with([](NetworkRequest& r) { r.interface->ipv6 = "10.0.2.15"; })},
+      {"ipv6 scoped", with([](NetworkRequest& r) { r.interface->ipv6 = "fe80::1%eth0"; })},
+      {"ipv6 prefix 129", with([](NetworkRequest& r) { r.interface->ipv6_prefix = 129; })},
+      {"gateway6 junk", with([](NetworkRequest& r) { r.interface->gateway6 = "gateway"; })},
+      {"gateway6 without ipv6", with([](NetworkRequest& r) { r.interface = I{"52:54:00:12:34:56", 1500, "10.0.2.15", 24, "", "", 64, "fec0::2"}; })},
+      {"nameserver name", with([](NetworkRequest& r) { r.nameservers.push_back("dns.google"); })},
+      {"nameserver newline", with([](NetworkRequest& r) { r.nameservers.push_back("1.1.1.1\nsearch evil"); })},
+      {"17 nameservers", with([](NetworkRequest& r) { r.nameservers.assign(17, "1.1.1.1"); })},
+      {"7 search domains", with([](NetworkRequest& r) { r.search.assign(7, "a.example"); })},
+      {"search with space", with([](NetworkRequest& r) { r.search.push_back("a b"); })},
+      {"search empty label", with([](NetworkRequest& r) { r.search.push_back("a..b"); })},
+      {"search trailing dot", with([](NetworkRequest& r) { r.search.push_back("example."); })},
+      {"search label 64", with([](NetworkRequest& r) { r.search.push_back(std::string(64, 'a') + ".example"); })},
+      {"search 254", with([](NetworkRequest& r) { r.search = {std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." + std::string(62, 'd')}; })},
+      {"option with space", with([](NetworkRequest& r) { r.options.push_back("ndots:1 rotate"); })},
+      {"option empty", with([](NetworkRequest& r) { r.options.push_back(""); })},
+      {"257 hosts", with([](NetworkRequest& r) { r.hosts.assign(257, {"h", "1.2.3.4"}); })},
+      {"host name with space", with([](NetworkRequest& r) { r.hosts.push_back({"a b", "1.2.3.4"}); })},
+      {"host name with newline", with([](NetworkRequest& r) { r.hosts.push_back({"a\n1.2.3.4 evil", "1.2.3.4"}); })},
+      {"host ip junk", with([](NetworkRequest& r) { r.hosts.push_back({"a", "1.2.3"}); })},
+      {"hostname with slash", with([](NetworkRequest& r) { r.hostname = "a/b"; })},
+      {"hostname 65", with([](NetworkRequest& r) { r.hostname = std::string(65, 'h'); })},
+  };
+  for (const auto& [what, req] : refused) {
+    EXPECT_FALSE(network_problem(req).empty()) << what;
+    // The host refuses to encode it (a plain Error: the caller's input) ...
+    try {
+      (void)encode(req);
+      ADD_FAILURE() << what << ": encoded";
+    } catch (const ProtocolError&) {
+      ADD_FAILURE() << what << ": ProtocolError from the encoder";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("NETWORK."), std::string::npos) << what << ": " << e.what();
+    }
+    // ... and the agent refuses it on the wire, written by hand the way a hostile host would.
+    nlohmann::json j = nlohmann::json::parse(encode(NetworkRequest{}));
+    if (req.interface) {
+      const auto& i = *req.interface;
+      j["interface"] = {{"mac", i.mac}, {"mtu", i.mtu}, {"ipv4", i.ipv4}, {"ipv4_prefix", i.ipv4_prefix},
+                        {"gateway4", i.gateway4}, {"ipv6", i.ipv6}, {"ipv6_prefix", i.ipv6_prefix},
+                        {"gateway6", i.gateway6}};
+    }
+    j["nameservers"] = req.nameservers;
+    j["search"] = req.search;
+    j["options"] = req.options;
+    j["hosts"] = nlohmann::json::array();
+    for (const auto& [n, ip] : req.hosts) j["hosts"].push_back({{"name", n}, {"ip", ip}});
+    j["hostname"] = req.hostname;
+    EXPECT_THROW((void)decode<NetworkRequest>(j.dump()), ProtocolError) << what;
+  }
+  // Wrong types and shapes on the wire.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"interface array", R"({"interface":[]})"},
+      {"interface without mac", R"({"interface":{"ipv4":"10.0.2.15","ipv4_prefix":24}})"},
+      {"interface without prefix", R"({"interface":{"mac":"52:54:00:12:34:56","ipv4":"10.0.2.15"}})"},
+      {"ipv6 without prefix", R"({"interface":{"mac":"52:54:00:12:34:56","ipv4":"10.0.2.15","ipv4_prefix":24,"ipv6":"fec0::15"}})"},
+      {"mtu negative", R"({"interface":{"mac":"52:54:00:12:34:56","mtu":-1,"ipv4":"10.0.2.15","ipv4_prefix":24}})"},
+      {"mtu string", R"({"interface":{"mac":"52:54:00:12:34:56","mtu":"1500","ipv4":"10.0.2.15","ipv4_prefix":24}})"},
+      {"nameservers string", R"({"nameservers":"1.1.1.1"})"},
+      {"hosts pairs as arrays", R"({"hosts":[["a","1.2.3.4"]]})"},
+      {"host without ip", R"({"hosts":[{"name":"a"}]})"},
+      {"hostname number", R"({"hostname":5})"},
+      {"not an object", "[]"},
+  };
+  for (const auto& [what, payload] : bad) EXPECT_THROW((void)decode<NetworkRequest>(payload), ProtocolError) << what;
+}
+
+TEST(AgentProtocol, AddressAndNameRules) {
+  for (const char* good : {"0.0.0.0", "10.0.2.15", "255.255.255.255"}) EXPECT_TRUE(valid_ipv4(good)) << good;
+  for (const char* bad : {"", "10.0.2", "10.0.2.15.1", "010.0.2.15x", " 10.0.2.15", "::1", "1.2.3.4/8"})
+    EXPECT_FALSE(valid_ipv4(bad)) << bad;
+  for (const char* good : {"::1", "fec0::15", "2001:db8::1", "::ffff:10.0.2.15"}) EXPECT_TRUE(valid_ipv6(good)) << good;
+  for (const char* bad : {"", ":::", "fec0::15/64", "10.0.2.15", "g::1"}) EXPECT_FALSE(valid_ipv6(bad)) << bad;
+  EXPECT_FALSE(valid_ipv4(std::string_view("1.2.3.4\0", 8)));
+  EXPECT_TRUE(valid_mac("52:54:00:12:34:56"));
+  EXPECT_TRUE(valid_mac("AA:bb:CC:dd:EE:ff"));
+  for (const char* bad : {"", "52:54:00:12:34:5", "52:54:00:12:34:567", "52:54:00:12:34:56:", "5254.0012.3456"})
+    EXPECT_FALSE(valid_mac(bad)) << bad;
+  for (const char* good : {"a", "example.com", "a-b.c_d.e", "x1.y2"}) EXPECT_TRUE(valid_dns_name(good)) << good;
+  for (const char* bad : {"", ".", ".a", "a.", "a..b", "a b", "a/b", "\xc3\xa9.com"}) EXPECT_FALSE(valid_dns_name(bad)) << bad;
 }
 
 }  // namespace

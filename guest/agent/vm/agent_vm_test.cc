@@ -231,7 +231,7 @@ TEST_F(AgentVmTest, RestoreSetsClockEntropyAndHostname) {
   fs::path img = make_image(work.path(), "ext4");
   Vm vm({img.string() + ":ro"}, "");
   Client c = vm.client();
-  EXPECT_EQ(c.hello().version, 2u) << vm.describe();
+  EXPECT_EQ(c.hello().version, sm::agent::kProtocolVersion) << vm.describe();
   RestoreRequest req;
   req.realtime_ns = 2208988800LL * 1000000000LL + 123;  // 2040-01-01T00:00:00Z: unmistakable
   std::mt19937 rng(11);
