@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "supermachine/error.h"
+#include "supermachine/network.h"
 
 namespace sm {
 
@@ -84,6 +85,9 @@ struct VmConfig {
   // (per cpus/memory/kernel/VMM build) boots and makes the bake; later ones restore it. false:
   // always boot. VMs with a scratch disk (disk_size_mib > 0) always boot.
   bool snapshot = true;
+  // User-mode NAT by default: the VM reaches out, nothing is published, the host's loopback
+  // services are out of its reach (network.h, docs/networking.md).
+  NetworkConfig network;
 };
 
 // A VM restored from a snapshot of one (Vm::snapshot). The clone gets its own hostname, the
@@ -94,6 +98,9 @@ struct RestoreOptions {
   std::string working_dir;
   std::string user;
   std::chrono::seconds timeout{30};  // for the restored agent to answer
+  // The clone's network: its own NAT, ports and policy, with the snapshot's addresses. Unset:
+  // user mode with the defaults when the snapshot has a network device, none when it has not.
+  std::optional<NetworkConfig> network;
 };
 
 // Per-exec overrides of the VM's defaults.
@@ -162,6 +169,20 @@ class Vm {
   std::filesystem::path snapshot(const std::filesystem::path& dir);
   // True when this VM started from a snapshot (a bake or Vm::restore) rather than a boot.
   [[nodiscard]] bool restored() const;
+
+  // Publishes a port while the VM runs (like `-p`); returns it with its host port (picked when
+  // 0). Throws sm::Error when the host port cannot be bound, or the VM has no user-mode network.
+  PortMapping publish(const PortMapping& port);
+  // Removes a published port; false when it was not published.
+  bool unpublish(const PortMapping& port);
+  // The published ports, with their host ports.
+  [[nodiscard]] std::vector<PortMapping> ports() const;
+  // A connected TCP stream to guest_port inside the VM (its loopback or any address it listens
+  // on), without publishing anything on the host and whatever the network mode. The caller owns
+  // the returned file descriptor. Throws sm::Error when nothing listens there.
+  [[nodiscard]] int connect(std::uint16_t guest_port);
+  // The VM's network counters (all zero without a network device).
+  [[nodiscard]] NetStats net_stats() const;
 
   // Powers the VM off and removes its files. Idempotent; afterwards every call but running()
   // throws sm::Error.

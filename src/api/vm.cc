@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/vm_impl.h"
+#include "net/backend.h"
 #include "common/error.h"
 #include "runtime/container.h"
 
@@ -63,6 +64,7 @@ Vm Vm::start(const Image& image, const VmConfig& config) {
   spec.rootfs = image.impl_->resolved.rootfs;
   spec.image = image.impl_->resolved.config;
   spec.hostname = config.hostname;
+  spec.network = net::from_public(config.network);
   spec.cpus = config.cpus;
   spec.memory_mib = config.memory_mib;
   spec.disk_size_mib = config.disk_size_mib;
@@ -97,6 +99,12 @@ Vm Vm::restore(const fs::path& snapshot, const RestoreOptions& options) {
   runtime::RestoreSettings rs;
   rs.hostname = options.hostname;
   rs.timeout = options.timeout;
+  if (options.network) {
+    rs.network = net::from_public(*options.network);
+    impl->config.network = *options.network;
+  } else {
+    impl->config.network.mode = info.network ? NetworkConfig::Mode::user : NetworkConfig::Mode::none;
+  }
   impl->dir = make_vm_dir();
   impl->container = runtime::ContainerVm::restore(snapshot, rs, impl->dir);
   return Vm(std::move(impl));
@@ -114,6 +122,35 @@ fs::path Vm::snapshot(const fs::path& dir) {
 bool Vm::restored() const {
   auto c = impl().current();
   return c && !c->restored_from().empty();
+}
+
+namespace {
+
+net::Backend& user_network(const runtime::ContainerVm& vm) {
+  net::Backend* b = vm.network();
+  if (!b) throw Error("the VM has no network (it was started with network mode none)");
+  return *b;
+}
+
+}  // namespace
+
+PortMapping Vm::publish(const PortMapping& port) { return user_network(*impl().vm()).publish(port); }
+
+bool Vm::unpublish(const PortMapping& port) { return user_network(*impl().vm()).unpublish(port); }
+
+std::vector<PortMapping> Vm::ports() const {
+  auto vm = impl().vm();
+  net::Backend* b = vm->network();
+  return b ? b->published() : std::vector<PortMapping>{};
+}
+
+int Vm::connect(std::uint16_t guest_port) { return impl().vm()->connect(guest_port).release(); }
+
+NetStats Vm::net_stats() const {
+  auto c = impl().current();
+  if (!c) throw Error("the VM is stopped");
+  net::Backend* b = c->network();
+  return b ? b->stats() : NetStats{};
 }
 
 ExecResult Vm::exec(const std::vector<std::string>& argv, const ExecOptions& options) {

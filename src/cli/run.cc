@@ -22,7 +22,9 @@
 #include "oci/progress.h"
 #include "runtime/container.h"
 #include "runtime/image.h"
+#include "runtime/net_options.h"
 #include "runtime/options.h"
+#include "net/backend.h"
 #include "runtime/state.h"
 
 namespace sm::cli {
@@ -55,7 +57,50 @@ struct RunArgs {
   bool quiet = false;
   bool no_snapshot = false;
   std::string restore_from;  // `restore DIR`: a clone of this snapshot instead of a new VM
+  // Network (docs/networking.md).
+  std::vector<std::string> publish;
+  std::string network;  // empty: user (run), the snapshot's (restore)
+  std::vector<std::string> dns;
+  std::vector<std::string> add_host;
+  std::string egress = "allow";
+  std::vector<std::string> allow;
+  std::vector<std::string> deny;
+  bool allow_host_loopback = false;
 };
+
+net::NetworkConfig network_config(const RunArgs& a, bool snapshot_has_network) {
+  net::NetworkConfig n;
+  if (a.network.empty()) n.mode = snapshot_has_network ? net::Mode::user : net::Mode::none;
+  else runtime::parse_network_mode(a.network, n);
+  for (const auto& p : a.publish) n.publish.push_back(runtime::parse_publish(p));
+  if (!n.publish.empty() && n.mode != net::Mode::user)
+    throw Error("-p/--publish needs --network user (ports are forwarded by the user-mode NAT)");
+  for (const auto& d : a.dns) {
+    if (!runtime::is_ip_literal(d)) throw Error(fmt::format("bad --dns '{}': give the server's IP address", d));
+    n.dns.push_back(d);
+  }
+  for (const auto& h : a.add_host) n.extra_hosts.push_back(runtime::parse_add_host(h, n.plan));
+  n.policy.default_allow = runtime::parse_egress(a.egress);
+  for (const auto& r : a.allow) n.policy.rules.push_back({true, r});
+  for (const auto& r : a.deny) n.policy.rules.push_back({false, r});
+  n.policy.allow_host_loopback = a.allow_host_loopback;
+  return n;
+}
+
+void add_network_options(CLI::App& sub, RunArgs* a, bool restoring) {
+  sub.add_option("-p,--publish", a->publish, "Publish a port: [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|/udp]");
+  sub.add_option("--network", a->network,
+                 restoring ? "none, user or tap:NAME (default: user if the snapshot has a network device)"
+                           : "none, user (default: NAT, no root needed) or tap:NAME");
+  sub.add_option("--dns", a->dns, "The guest's DNS server (default: the host's resolvers, through the NAT)");
+  sub.add_option("--add-host", a->add_host, "Add NAME:IP to the guest's /etc/hosts");
+  sub.add_option("--egress", a->egress, "What the guest may reach when no rule matches: allow or deny")
+      ->capture_default_str();
+  sub.add_option("--allow", a->allow, "Let the guest reach this CIDR or domain (and its subdomains)");
+  sub.add_option("--deny", a->deny, "Keep the guest from this CIDR or domain (refused at once)");
+  sub.add_flag("--allow-host-loopback", a->allow_host_loopback,
+               "Let the guest reach services on this host's 127.0.0.1 (at the gateway address, 10.0.2.2)");
+}
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -113,6 +158,7 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
     if (restoring) {
       runtime::RestoreSettings rs;
       rs.hostname = spec.hostname;
+      rs.network = spec.network;
       vm = runtime::ContainerVm::restore(a.restore_from, rs, reg.dir(rec));
     } else {
       vm = std::make_unique<runtime::ContainerVm>(spec, reg.dir(rec));
@@ -121,6 +167,10 @@ int supervise(const RunArgs& a, runtime::ContainerSpec spec, runtime::VmRegistry
       spdlog::debug("restored from the {} {}", restoring ? "snapshot" : "bake", vm->restored_from().string());
     else if (vm->baked()) spdlog::debug("booted and made the bake {}", spec.bake->string());
     else spdlog::debug("booted (no bake: {})", spec.bake ? "baking failed" : "--no-snapshot or a scratch disk");
+    if (net::Backend* n = vm->network()) {
+      for (const auto& m : n->published()) rec.ports.push_back(runtime::format_port(m));
+      reg.save(rec);
+    }
   } catch (const Error& e) {
     if (int sig = signals.first_signal()) return finish(128 + sig);
     return fail(kExitRuntimeError, e.what());
@@ -216,6 +266,7 @@ int run_container(const RunArgs& a) {
   if (a.user_set) spec.user = a.user;
   if (a.entrypoint_set) spec.entrypoint = a.entrypoint.empty() ? std::vector<std::string>{} : std::vector{a.entrypoint};
   spec.cmd = a.command;
+  if (a.restore_from.empty()) spec.network = network_config(a, true);
 
   std::string image_name = a.image;
   if (!a.restore_from.empty()) {
@@ -225,6 +276,7 @@ int run_container(const RunArgs& a) {
     spec.image_reference = image_name = info.image_reference;
     spec.cpus = info.cpus;
     spec.memory_mib = info.memory_mib;
+    spec.network = network_config(a, info.network);
     runtime::VmRegistry reg;
     std::vector<std::string> shown = a.command.empty() ? std::vector<std::string>{"(restored)"} : a.command;
     runtime::VmRecord rec = reg.create(a.name, image_name, shown, a.rm);
@@ -349,6 +401,7 @@ const CommandRegistration kRun{{
       sub.add_flag("-q,--quiet", a->quiet, "Do not show pull progress");
       sub.add_flag("--no-snapshot", a->no_snapshot,
                    "Boot the VM instead of restoring the image's bake (and do not make one)");
+      add_network_options(sub, a.get(), false);
       return [a] { return run_container(*a); };
     },
     /*command_after_positionals=*/1,
@@ -370,6 +423,7 @@ const CommandRegistration kRestore{{
       sub.add_option("-e,--env", a->env, "Set an environment variable for the command");
       sub.add_option("--name", a->name, "Name the VM (default: a generated one)");
       sub.add_option("-h,--hostname", a->hostname, "The clone's hostname (default: the short VM id)");
+      add_network_options(sub, a.get(), true);
       return [a] {
         a->restore_from = fs::absolute(a->restore_from).string();
         return run_container(*a);

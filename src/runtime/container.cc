@@ -17,6 +17,7 @@
 #include "common/run_tool.h"
 #include "common/unique_fd.h"
 #include "common/build_id.h"
+#include "net/backend.h"
 #include "oci/digest.h"
 #include "runtime/assets.h"
 #include "snapshot/format.h"
@@ -50,6 +51,7 @@ std::vector<std::byte> encode_info(const SnapshotInfo& i) {
       {"env", i.image.env},
       {"working_dir", i.image.working_dir},
       {"user", i.image.user},
+      {"network", i.network},
   };
   std::string text = j.dump();
   auto b = std::as_bytes(std::span(text.data(), text.size()));
@@ -91,11 +93,16 @@ SnapshotInfo decode_info(std::span<const std::byte> bytes, const fs::path& dir) 
   i.image.env = strings("env");
   i.image.working_dir = str("working_dir");
   i.image.user = str("user");
+  if (j.contains("network")) {
+    if (!j["network"].is_boolean()) throw bad("'network' is not a boolean");
+    i.network = j["network"].get<bool>();
+  }
   return i;
 }
 
 // The host side of a container VM, the same for a boot and a restore of the same VM.
-vmm::MachineConfig machine_config(const SnapshotInfo& info, const fs::path& vsock, const fs::path& console_path) {
+vmm::MachineConfig machine_config(const SnapshotInfo& info, const net::NetworkConfig& network, const fs::path& vsock,
+                                  const fs::path& console_path) {
   GuestAssets assets = find_guest_assets();
   vmm::MachineConfig cfg;
   cfg.kernel = assets.kernel;
@@ -104,6 +111,7 @@ vmm::MachineConfig machine_config(const SnapshotInfo& info, const fs::path& vsoc
   cfg.memory_mib = info.memory_mib;
   cfg.disks.push_back({info.rootfs, true});
   cfg.vsock_uds = vsock;
+  if (info.network) cfg.network = network;
   if (!info.image_digest.empty()) cfg.identity.emplace_back("image", info.image_digest);
   auto console = std::make_shared<UniqueFd>(
       ::open(console_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
@@ -138,6 +146,9 @@ std::optional<fs::path> bake_path(const fs::path& rootfs_dir, const ContainerSpe
   line("cpus", std::to_string(spec.cpus));
   line("memory", std::to_string(spec.memory_mib));
   line("writable layer", "tmpfs");
+  // Whether there is a network device (its addresses are the fixed plan; ports and policy are
+  // the clone's own and not captured).
+  line("network", spec.network.mode == net::Mode::none ? "none" : "nic");
   auto digest = oci::Digest::parse(spec.image_digest);
   return rootfs_dir / fmt::format("{}.bake-{}", digest.file_name(), h.finish().hex().substr(0, 16));
 }
@@ -199,15 +210,19 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
   info_.image = spec.image;
   info_.cpus = spec.cpus;
   info_.memory_mib = spec.memory_mib;
+  info_.network = spec.network.mode != net::Mode::none;
 
   std::optional<fs::path> bake = spec.disk_size_mib > 0 ? std::nullopt : spec.bake;
   if (bake && fs::exists(*bake / "state")) {
     try {
       RestoreSettings rs;
       rs.hostname = spec.hostname;
+      rs.network = spec.network;
       rs.timeout = std::min<std::chrono::seconds>(spec.boot_timeout, std::chrono::seconds(30));
       start_restored(*bake, rs);
       return;
+    } catch (const net::PublishError&) {
+      throw;  // the caller's ports, not the bake, are at fault
     } catch (const Error& e) {
       // A bake that no longer fits (another build, a damaged file) is made again.
       spdlog::warn("the bake {} could not be restored ({}); booting and baking again", bake->string(), e.what());
@@ -218,7 +233,7 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     }
   }
 
-  vmm::MachineConfig cfg = machine_config(info_, vsock_, console_path_);
+  vmm::MachineConfig cfg = machine_config(info_, spec.network, vsock_, console_path_);
   std::string cmdline = fmt::format("quiet sm.hostname={} sm.notify={}", spec.hostname, kNotifyPort);
   if (spec.disk_size_mib > 0) {
     scratch_ = dir_ / "scratch.ext4";
@@ -249,7 +264,44 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     throw Error(fmt::format("the VM did not start: {} (VM status {}){}", e.what(), status,
                             tail.empty() ? std::string() : "; guest console:\n" + tail));
   }
+  // The bake is captured before the network is configured: every clone configures its own.
   if (bake) make_bake(*bake);
+  try {
+    agent::Client c = client();
+    configure_network(c, spec.network, spec.hostname);
+  } catch (const Error& e) {
+    machine_->stop(vmm::Machine::kStatusError, "the network could not be configured");
+    machine_->wait();
+    throw Error(fmt::format("the VM started but its network could not be configured: {}", e.what()));
+  }
+}
+
+void ContainerVm::configure_network(agent::Client& c, const net::NetworkConfig& network, const std::string& hostname) {
+  agent::NetworkRequest req;
+  if (network.mode != net::Mode::none) {
+    const net::AddressPlan& p = network.plan;
+    agent::NetworkInterface i;
+    i.mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", p.guest_mac[0], p.guest_mac[1], p.guest_mac[2],
+                        p.guest_mac[3], p.guest_mac[4], p.guest_mac[5]);
+    i.mtu = p.mtu;
+    i.ipv4 = p.guest_ipv4;
+    i.ipv4_prefix = p.ipv4_prefix;
+    i.gateway4 = p.gateway_ipv4;
+    i.ipv6 = p.guest_ipv6;
+    i.ipv6_prefix = p.ipv6_prefix;
+    i.gateway6 = p.gateway_ipv6;
+    req.interface = i;
+  }
+  req.nameservers = net::guest_nameservers(network);
+  req.hosts = network.extra_hosts;
+  req.hostname = hostname;
+  c.configure_network(req);
+}
+
+net::Backend* ContainerVm::network() const { return machine_->network(); }
+
+UniqueFd ContainerVm::connect(uint16_t guest_port, std::chrono::milliseconds timeout) const {
+  return agent::connect_tcp(vsock_, guest_port, timeout);
 }
 
 void ContainerVm::make_bake(const fs::path& bake) {
@@ -289,7 +341,19 @@ void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSett
   check_hostname(settings.hostname);
   const auto t0 = Clock::now();
   info_ = read_snapshot_info(snapshot_dir);
-  machine_ = std::make_unique<vmm::Machine>(machine_config(info_, vsock_, console_path_), snapshot_dir);
+  net::NetworkConfig network;
+  if (settings.network) network = *settings.network;
+  else if (!info_.network) network.mode = net::Mode::none;
+  const bool wants_network = network.mode != net::Mode::none;
+  if (info_.network != wants_network)
+    throw Error(info_.network ? fmt::format("the snapshot {} has a network device: restore it with a network "
+                                            "(--network user or tap:NAME), not --network none",
+                                            snapshot_dir.string())
+                              : fmt::format("the snapshot {} has no network device (it was made with --network "
+                                            "none): restore it with --network none",
+                                            snapshot_dir.string()));
+  machine_ = std::make_unique<vmm::Machine>(machine_config(info_, network, vsock_, console_path_),
+                                            snapshot_dir);
   const auto t_built = Clock::now();
   machine_->start();
   restored_from_ = snapshot_dir;
@@ -312,6 +376,7 @@ void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSett
     req.hostname = settings.hostname;
     c.restore(req);
     hello_.hostname = settings.hostname;
+    configure_network(c, network, settings.hostname);
     auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
     spdlog::debug("restored {}: state read + platform built {:.2f} ms, agent answering {:.2f} ms later, RESTORE "
                   "{:.2f} ms",

@@ -24,10 +24,15 @@
 
 #include "agent/client.h"
 #include "agent/protocol.h"
+#include "common/unique_fd.h"
+#include "net/config.h"
 #include "oci/image_config.h"
 
 namespace sm::vmm {
 class Machine;
+}
+namespace sm::net {
+class Backend;
 }
 
 namespace sm::runtime {
@@ -47,6 +52,9 @@ struct ContainerSpec {
   std::vector<agent::Rlimit> rlimits;
 
   std::string hostname = "supermachine";
+  // The network (Mode::none: loopback only). The agent configures the interface, /etc/hosts and
+  // /etc/resolv.conf right after it is ready (and after a restore), before the main process.
+  net::NetworkConfig network;
   unsigned cpus = 1;
   uint64_t memory_mib = kDefaultMemoryMib;
   // 0: the writable layer is a tmpfs in guest memory; otherwise an ext4 scratch disk this large.
@@ -74,6 +82,11 @@ struct ContainerSpec {
 // What a clone gets after restore, besides the snapshot's own state.
 struct RestoreSettings {
   std::string hostname = "supermachine";
+  // The clone's own network: a fresh NAT with these ports and policy, the snapshot's addresses.
+  // A snapshot with a network device needs a mode other than none, and one without, none;
+  // unset: user mode (default ports and policy: none published, egress allowed) when the
+  // snapshot has a network device, none when it has not.
+  std::optional<net::NetworkConfig> network;
   std::chrono::seconds timeout{30};
 };
 
@@ -85,6 +98,7 @@ struct SnapshotInfo {
   oci::RunConfig image;
   unsigned cpus = 1;
   uint64_t memory_mib = 0;
+  bool network = false;  // the VM has a network device
 };
 // Reads dir/state's `container` section. Throws sm::Error (SnapshotError when damaged).
 [[nodiscard]] SnapshotInfo read_snapshot_info(const std::filesystem::path& dir);
@@ -122,6 +136,13 @@ class ContainerVm {
   // Whether this VM made its spec's bake when it booted.
   [[nodiscard]] bool baked() const { return baked_; }
 
+  // The network backend (ports, counters); nullptr with Mode::none.
+  [[nodiscard]] net::Backend* network() const;
+  // A connected stream socket to TCP port guest_port inside the VM (on its loopback), through the
+  // agent over vsock: works whatever the network mode and without publishing anything. Throws
+  // sm::Error when nothing listens there.
+  [[nodiscard]] UniqueFd connect(uint16_t guest_port, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
+
   // Captures the running VM into `snapshot_dir` (see vmm::Machine::snapshot); it keeps running.
   void snapshot(const std::filesystem::path& snapshot_dir);
 
@@ -155,6 +176,7 @@ class ContainerVm {
               std::filesystem::path dir);
   void start_restored(const std::filesystem::path& snapshot_dir, const RestoreSettings& settings);
   void make_bake(const std::filesystem::path& bake);
+  void configure_network(agent::Client& c, const net::NetworkConfig& network, const std::string& hostname);
 };
 
 }  // namespace sm::runtime

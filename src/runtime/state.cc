@@ -63,6 +63,7 @@ json to_json(const VmRecord& r) {
   j["env"] = r.env;
   j["user"] = r.user;
   j["working_dir"] = r.working_dir;
+  j["ports"] = r.ports;
   return j;
 }
 
@@ -81,6 +82,7 @@ VmRecord from_json(const json& j) {
   r.env = j.at("env").get<std::vector<std::string>>();
   r.user = j.at("user").get<std::string>();
   r.working_dir = j.at("working_dir").get<std::string>();
+  if (j.contains("ports")) r.ports = j.at("ports").get<std::vector<std::string>>();
   return r;
 }
 

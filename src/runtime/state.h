@@ -46,6 +46,8 @@ struct VmRecord {
   std::vector<std::string> env;
   std::string user;
   std::string working_dir;
+  // Published ports, as `port` prints them ("80/tcp -> 0.0.0.0:18080"), once the VM runs.
+  std::vector<std::string> ports;
 
   [[nodiscard]] std::string short_id() const { return id.substr(0, 12); }
 };
