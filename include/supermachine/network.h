@@ -41,6 +41,8 @@ struct NetStats {
   std::uint64_t denied_icmp = 0;    // refused, answered with ICMP unreachable
   std::uint64_t denied_dns = 0;     // names answered NXDOMAIN by the policy
   std::uint64_t denied_other = 0;   // other frames the policy dropped (other protocols, unparsable)
+  std::uint64_t flows_refused = 0;  // new connections, UDP flows and pings refused at the VM's cap on
+                                    // open ones (each costs the host a socket; docs/networking.md)
 
   bool operator==(const NetStats&) const = default;
 };

@@ -1,5 +1,10 @@
 #include "net/config.h"
 
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "net/packet.h"
+
 namespace sm::net {
 
 NetworkConfig from_public(const sm::NetworkConfig& c) {
@@ -18,6 +23,24 @@ NetworkConfig from_public(const sm::NetworkConfig& c) {
   n.dns = c.dns;
   n.extra_hosts = c.extra_hosts;
   return n;
+}
+
+void validate(const NetworkConfig& c) {
+  if (c.mode == Mode::none) return;
+  const auto guest4 = IpAddr::parse(c.plan.guest_ipv4), guest6 = IpAddr::parse(c.plan.guest_ipv6);
+  const auto dns4 = IpAddr::parse(c.plan.dns_ipv4), dns6 = IpAddr::parse(c.plan.dns_ipv6);
+  for (const auto& d : c.dns) {
+    auto a = IpAddr::parse(d);
+    if (!a) throw Error(fmt::format("bad --dns '{}': give the server's IP address", d));
+    const IpAddr ip = a->unmapped();
+    if (c.mode != Mode::user || ip == dns4 || ip == dns6) continue;
+    const bool in_nat = (guest4 && ip.in_prefix(*guest4, c.plan.ipv4_prefix)) ||
+                        (guest6 && ip.in_prefix(*guest6, c.plan.ipv6_prefix));
+    if (in_nat)
+      throw Error(fmt::format("bad --dns '{}': inside the NAT's own network, where only {} answers DNS (the "
+                              "host's resolvers); other addresses there are the host itself",
+                              d, c.plan.dns_ipv4));
+  }
 }
 
 std::vector<std::string> guest_nameservers(const NetworkConfig& c) {

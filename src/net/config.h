@@ -69,6 +69,10 @@ struct NetworkConfig {
 
 // The library's public configuration (include/supermachine/network.h) as the VMM takes it.
 [[nodiscard]] NetworkConfig from_public(const sm::NetworkConfig& c);
+// Throws sm::Error for settings that cannot work or would open a hole: a --dns address that is
+// not an IP literal, or one inside the user-mode NAT's own networks other than its DNS address
+// (there it would reach the host's loopback, e.g. --dns 10.0.2.2).
+void validate(const NetworkConfig& c);
 // The nameservers the guest's /etc/resolv.conf lists (and the egress filter watches): --dns, else
 // the NAT's DNS address in user mode, else none.
 [[nodiscard]] std::vector<std::string> guest_nameservers(const NetworkConfig& c);

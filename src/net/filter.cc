@@ -32,11 +32,16 @@ bool is_echo_request(const ParsedFrame& f) {
 }
 
 // Traffic a guest needs to bring up its link, which never leaves the virtual LAN.
-bool is_link_traffic(const ParsedFrame& f, const IpAddr& gateway4) {
+bool is_link_traffic(const ParsedFrame& f, const IpAddr& gateway4, bool in_plan_subnet) {
   if (!f.has_l4) return false;
   if (f.kind == ParsedFrame::Kind::ipv6 && f.proto == kProtoIcmpv6) {
-    if (f.icmp_type >= 133 && f.icmp_type <= 136) return true;  // RS, RA, NS, NA (RFC 4861)
     const bool link_multicast = f.dst.b[0] == 0xff && (f.dst.b[1] & 0x0f) == 0x02;
+    if (f.icmp_type >= 133 && f.icmp_type <= 136) {  // RS, RA, NS, NA (RFC 4861)
+      // Only as RFC 4861 6.1 lets them be valid: hop limit 255, on the link. Anything else
+      // could carry data past the policy on a bridge.
+      const bool link_local = f.dst.b[0] == 0xfe && (f.dst.b[1] & 0xc0) == 0x80;
+      return f.hop_limit == 255 && (link_local || link_multicast || in_plan_subnet);
+    }
     const bool mld = f.icmp_type == 130 || f.icmp_type == 131 || f.icmp_type == 132 ||
                      f.icmp_type == 143;
     return link_multicast && mld;
@@ -71,6 +76,7 @@ EgressFilter::EgressFilter(const EgressPolicy& policy, const AddressPlan& plan,
       guest6_(parse_plan_ip(plan.guest_ipv6, true, "guest")),
       prefix4_(plan.ipv4_prefix),
       prefix6_(plan.ipv6_prefix) {
+  // flows_ is default-constructed with the default cap.
   if (prefix4_ > 32 || prefix6_ > 128) throw Error("address plan: prefix length out of range");
   // libslirp's MAC for its own addresses: 52:55 and the IPv4 gateway address.
   gateway_mac_ = {0x52, 0x55, gateway4_.b[0], gateway4_.b[1], gateway4_.b[2], gateway4_.b[3]};
@@ -91,6 +97,7 @@ void EgressFilter::add_counts(NetStats& s) const {
   s.denied_icmp += denied_icmp_;
   s.denied_dns += denied_dns_;
   s.denied_other += denied_other_;
+  s.flows_refused += flows_refused_;
 }
 
 bool EgressFilter::is_dns_server(const IpAddr& a) const {
@@ -129,12 +136,16 @@ EgressFilter::Verdict EgressFilter::outbound(std::span<const std::byte> frame,
     ++denied_other_;
     return Verdict::drop;
   }
-  if (is_link_traffic(f, gateway4_)) return Verdict::pass;
-
   const IpAddr dst = f.dst.unmapped();
+  if (is_link_traffic(f, gateway4_, in_plan_subnet(dst))) return Verdict::pass;
+
   if (always_denied(dst)) return refuse(frame, f, reply);
-  if (f.has_l4 && f.proto == kProtoTcp && (f.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn)
+  if (f.has_l4 && f.proto == kProtoTcp && (f.tcp_flags & (kTcpSyn | kTcpAck | kTcpRst)) != kTcpSyn) {
+    // A segment of a connection (see filter.h, 3a).
+    if (flows_.outbound(f, policy_.now()) == FlowTable::Result::unknown && stateful_tcp_)
+      return refuse(frame, f, reply);
     return Verdict::pass;
+  }
   if (is_udp_reply(f)) return Verdict::pass;
 
   if (is_dns_server(dst) && (f.proto == kProtoUdp || f.proto == kProtoTcp)) {
@@ -143,19 +154,29 @@ EgressFilter::Verdict EgressFilter::outbound(std::span<const std::byte> frame,
       return Verdict::drop;
     }
     if (f.has_l4 && f.dport == 53) {
-      if (f.proto == kProtoUdp) return dns_query(frame, f, reply);
-      if (policy_.default_allow() && !policy_.has_domain_rules()) return Verdict::pass;
+      if (f.proto == kProtoUdp) {
+        const Verdict v = dns_query(frame, f, reply);
+        return v == Verdict::pass ? admit(frame, f, reply) : v;
+      }
+      if (policy_.default_allow() && !policy_.has_domain_rules()) return admit(frame, f, reply);
       return refuse(frame, f, reply);
     }
   }
 
   if (in_plan_subnet(dst)) {
-    if (is_echo_request(f) || allow_host_loopback_) return Verdict::pass;
+    if (is_echo_request(f) || allow_host_loopback_) return admit(frame, f, reply);
     return refuse(frame, f, reply);
   }
 
-  if (policy_.allow_ip(dst)) return Verdict::pass;
+  if (policy_.allow_ip(dst)) return admit(frame, f, reply);
   return refuse(frame, f, reply);
+}
+
+EgressFilter::Verdict EgressFilter::admit(std::span<const std::byte> frame, const ParsedFrame& f,
+                                          std::vector<std::byte>& reply) {
+  if (flows_.outbound(f, policy_.now()) != FlowTable::Result::full) return Verdict::pass;
+  ++flows_refused_;
+  return refusal(frame, f, reply);
 }
 
 EgressFilter::Verdict EgressFilter::dns_query(std::span<const std::byte> frame,
@@ -176,29 +197,31 @@ EgressFilter::Verdict EgressFilter::dns_query(std::span<const std::byte> frame,
 
 EgressFilter::Verdict EgressFilter::refuse(std::span<const std::byte> frame, const ParsedFrame& f,
                                            std::vector<std::byte>& reply) {
+  if (!f.has_l4) ++denied_other_;  // fragments and other protocols
+  else if (f.proto == kProtoTcp) ++denied_tcp_;
+  else if (f.proto == kProtoUdp) ++denied_udp_;
+  else ++denied_icmp_;  // ICMP or ICMPv6 (has_l4 is set for nothing else)
+  return refusal(frame, f, reply);
+}
+
+EgressFilter::Verdict EgressFilter::refusal(std::span<const std::byte> frame, const ParsedFrame& f,
+                                            std::vector<std::byte>& reply) const {
   // Never answer about group destinations or to an address that cannot be answered.
   const bool answerable = !is_group_address(f.dst) && !is_group_address(f.src) &&
                           !(f.kind == ParsedFrame::Kind::ipv4 ? f.src.b[0] == 0 && f.src.b[1] == 0 &&
                                                                     f.src.b[2] == 0 && f.src.b[3] == 0
                                                               : f.src == IpAddr{true, {}});
-  if (!f.has_l4) {  // fragments and other protocols
-    ++denied_other_;
-    return Verdict::drop;
-  }
+  if (!f.has_l4 || !answerable) return Verdict::drop;
   switch (f.proto) {
     case kProtoTcp:
-      ++denied_tcp_;
-      if ((f.tcp_flags & kTcpRst) || !answerable) return Verdict::drop;  // no RST to a RST
+      if (f.tcp_flags & kTcpRst) return Verdict::drop;  // no RST to a RST
       reply = build_tcp_rst(f, gateway_mac_);
       return Verdict::reply;
     case kProtoUdp:
-      ++denied_udp_;
-      if (!answerable) return Verdict::drop;
       reply = build_unreachable(frame, f, gateway_mac_);
       return Verdict::reply;
-    default:  // ICMP or ICMPv6 (has_l4 is set for nothing else)
-      ++denied_icmp_;
-      if (!is_echo_request(f) || !answerable) return Verdict::drop;  // no errors about errors
+    default:
+      if (!is_echo_request(f)) return Verdict::drop;  // no errors about errors
       reply = build_unreachable(frame, f, gateway_mac_);
       return Verdict::reply;
   }
@@ -227,7 +250,9 @@ void EgressFilter::remember_udp_peer(const ParsedFrame& f) {
 void EgressFilter::inbound(std::span<const std::byte> frame) {
   if (frame.size() > kMaxFrameLen) return;
   const auto f = parse_frame(frame);
-  if (!f || !f->has_l4 || f->proto != kProtoUdp) return;
+  if (!f || !f->has_l4) return;
+  flows_.inbound(*f, policy_.now());
+  if (f->proto != kProtoUdp) return;
   if (f->sport != 53 || !is_dns_server(f->src.unmapped())) remember_udp_peer(*f);
   if (f->sport != 53) return;
   if (!is_dns_server(f->src.unmapped())) return;

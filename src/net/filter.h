@@ -10,13 +10,19 @@
 //   1. Unparseable frames (truncated, bad IHL, lengths past the frame) and ethertypes other than
 //      ARP/IPv4/IPv6: drop, denied_other. ARP: pass.
 //   2. Link traffic passes: ICMPv6 router/neighbour solicitation and advertisement (types
-//      133-136), MLD to ff02::/16, DHCP to 255.255.255.255 or the gateway, DHCPv6 to ff02::1:2.
+//      133-136, hop limit 255, to a link-local, link-scope multicast or plan-subnet address:
+//      RFC 4861 6.1), MLD to ff02::/16, DHCP to 255.255.255.255 or the gateway, DHCPv6 to
+//      ff02::1:2.
 //   3. 0.0.0.0/8, 127.0.0.0/8, ::, ::1 (also IPv4-mapped): always refused.
 //   3a. Replies pass: the policy judges what the guest starts, not what it answers. A TCP
-//      segment other than a bare SYN belongs to a connection whose SYN was judged (or to none,
-//      and libslirp or the peer resets it); a UDP datagram back to the address and port a
-//      datagram to the guest came from (a published UDP port) passes for kUdpReplyWindow
-//      after the last one in.
+//      segment other than a bare SYN belongs to a connection whose SYN was judged; with
+//      stateful TCP (set_stateful_tcp, the TAP backend) it must belong to one the flow table
+//      (flows.h) saw open or it is refused; without (libslirp, which resets unknown
+//      connections itself) it passes. A UDP datagram back to the address and port a datagram
+//      to the guest came from (a published UDP port) passes for kUdpReplyWindow after the last
+//      one in.
+//   Every new flow that passes (a SYN, a UDP flow, a ping) takes a place in the flow table; past
+//   its cap it is refused like a denied one but counted in flows_refused.
 //   4. Port 53 of a DNS server (dns_servers): UDP is parsed; a query for a denied name is
 //      answered NXDOMAIN (denied_dns), a malformed one dropped (denied_other), an allowed one
 //      passes. TCP passes only when the default is allow and there are no domain rules (names
@@ -50,6 +56,7 @@
 
 #include "net/backend.h"
 #include "net/config.h"
+#include "net/flows.h"
 #include "net/packet.h"
 #include "net/policy.h"
 
@@ -73,15 +80,28 @@ class EgressFilter {
   // reply is cleared, and filled only for Verdict::reply.
   Verdict outbound(std::span<const std::byte> frame, std::vector<std::byte>& reply);
   void inbound(std::span<const std::byte> frame);
-  void add_counts(NetStats& s) const;  // adds denied_* into s
-  // Default allow, no rules, host loopback allowed: the backend may skip the filter.
+  void add_counts(NetStats& s) const;  // adds denied_* and flows_refused into s
+  // Default allow, no rules, host loopback allowed: the policy refuses nothing (the flow table
+  // still counts and caps).
   [[nodiscard]] bool pass_all() const;
+  // Stateful TCP (see 3a above): for backends that put frames on a real LAN.
+  void set_stateful_tcp(bool on) { stateful_tcp_ = on; }
+  // The flow cap (FlowTable::default_max_flows() unless set).
+  void set_max_flows(size_t n) { flows_ = FlowTable(n); }
+  [[nodiscard]] const FlowTable& flows() const { return flows_; }
 
   [[nodiscard]] const Policy& policy() const { return policy_; }
 
  private:
+  // Refuses the frame, counted as denied by the policy.
   Verdict refuse(std::span<const std::byte> frame, const ParsedFrame& f,
                  std::vector<std::byte>& reply);
+  // The answer to a refused frame (RST, unreachable, or none), uncounted.
+  Verdict refusal(std::span<const std::byte> frame, const ParsedFrame& f,
+                  std::vector<std::byte>& reply) const;
+  // A frame the policy passed: a new flow takes its place in the table, or is refused past the cap.
+  Verdict admit(std::span<const std::byte> frame, const ParsedFrame& f,
+                std::vector<std::byte>& reply);
   Verdict dns_query(std::span<const std::byte> frame, const ParsedFrame& f,
                     std::vector<std::byte>& reply);
   [[nodiscard]] bool is_dns_server(const IpAddr& a) const;
@@ -95,6 +115,8 @@ class EgressFilter {
   std::map<UdpPeer, std::chrono::steady_clock::time_point> udp_peers_;
 
   Policy policy_;
+  FlowTable flows_;
+  bool stateful_tcp_ = false;
   bool allow_host_loopback_;
   IpAddr gateway4_, gateway6_, guest4_, guest6_;
   unsigned prefix4_, prefix6_;
@@ -102,7 +124,7 @@ class EgressFilter {
   std::vector<IpAddr> dns_servers_;
 
   uint64_t denied_tcp_ = 0, denied_udp_ = 0, denied_icmp_ = 0, denied_dns_ = 0,
-           denied_other_ = 0;
+           denied_other_ = 0, flows_refused_ = 0;
 };
 
 }  // namespace sm::net

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "net/dns.h"
+#include "net/frame_queue.h"
 #include "supermachine/error.h"
 
 namespace sm::net {
@@ -153,6 +154,108 @@ TEST(EgressFilter, RepliesToConnectionsFromOutsidePass) {
   // The guest starting a connection is still judged.
   EXPECT_EQ(f.outbound(syn("198.51.100.7"), reply), Verdict::reply);
   EXPECT_EQ(counts(f).denied_tcp, 1u);
+}
+
+TEST(EgressFilter, StatefulTcpPassesOnlySegmentsOfConnectionsItSawOpen) {
+  // With TAP the frames go onto a real LAN: data in bare ACKs to a denied address must not.
+  auto f = make(policy(false, {{true, "198.51.100.0/24"}}));
+  f.set_stateful_tcp(true);
+  Bytes reply;
+  const Bytes payload(100, std::byte{'x'});
+  const auto ack_to = [&](const char* dst, uint16_t sport, uint16_t dport, uint8_t flags) {
+    return build_tcp_frame(guest_to(dst), sport, dport, 1, 1, flags, 65535, payload);
+  };
+  EXPECT_EQ(f.outbound(ack_to("203.0.113.9", 40000, 443, kTcpAck | kTcpPsh), reply), Verdict::reply);
+  EXPECT_EQ(parse_frame(reply)->tcp_flags, kTcpRst);  // <SEQ=SEG.ACK><CTL=RST>
+  EXPECT_EQ(counts(f).denied_tcp, 1u);
+  // A connection the guest opened to an allowed address carries data, until a RST ends it.
+  EXPECT_EQ(f.outbound(syn("198.51.100.7", 443), reply), Verdict::pass);
+  EXPECT_EQ(f.outbound(ack_to("198.51.100.7", 40000, 443, kTcpAck | kTcpPsh), reply), Verdict::pass);
+  EXPECT_EQ(f.outbound(ack_to("198.51.100.7", 40001, 443, kTcpAck), reply), Verdict::reply);  // another port
+  f.inbound(build_tcp_frame(to_guest("198.51.100.7"), 443, 40000, 1, 1, kTcpRst, 0, {}));
+  EXPECT_EQ(f.outbound(ack_to("198.51.100.7", 40000, 443, kTcpAck), reply), Verdict::reply);
+  // A connection from outside opens on its SYN to the guest: the guest's SYN|ACK and data pass.
+  f.inbound(build_tcp_frame(to_guest("203.0.113.9"), 51000, 80, 7, 0, kTcpSyn, 65535, {}));
+  EXPECT_EQ(f.outbound(ack_to("203.0.113.9", 80, 51000, kTcpSyn | kTcpAck), reply), Verdict::pass);
+  EXPECT_EQ(f.outbound(ack_to("203.0.113.9", 80, 51000, kTcpAck | kTcpPsh), reply), Verdict::pass);
+  EXPECT_EQ(f.flows().size(), 1u);
+  // A RST the guest sends on a connection nobody knows is dropped, never answered.
+  EXPECT_EQ(f.outbound(ack_to("203.0.113.10", 1, 2, kTcpRst), reply), Verdict::drop);
+
+  // Without stateful TCP (libslirp resets unknown connections itself) such segments pass.
+  auto nat = make(policy(false, {}));
+  EXPECT_EQ(nat.outbound(ack_to("203.0.113.9", 40000, 443, kTcpAck | kTcpPsh), reply), Verdict::pass);
+}
+
+TEST(EgressFilter, NewFlowsPastTheCapAreRefusedAtOnceAndCounted) {
+  FakeClock clock;
+  auto f = make(policy(true, {}, true), &clock);  // pass_all: the cap holds all the same
+  f.set_max_flows(3);
+  Bytes reply;
+  EXPECT_EQ(f.outbound(build_tcp_frame(guest_to("198.51.100.1"), 40000, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::pass);
+  EXPECT_EQ(f.outbound(build_udp_frame(guest_to("198.51.100.2"), 40001, 9000, Bytes(4)), reply), Verdict::pass);
+  EXPECT_EQ(f.outbound(build_icmp_frame(guest_to("198.51.100.3"), 8, 0, 0x00070001, Bytes(8)), reply),
+            Verdict::pass);
+  EXPECT_EQ(f.flows().size(), 3u);
+  // Open flows carry on: a retransmitted SYN, the same UDP flow, a segment of the connection.
+  EXPECT_EQ(f.outbound(build_tcp_frame(guest_to("198.51.100.1"), 40000, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::pass);
+  EXPECT_EQ(f.outbound(build_udp_frame(guest_to("198.51.100.2"), 40001, 9000, Bytes(4)), reply), Verdict::pass);
+  // New ones are refused at once, the way a denied one is.
+  EXPECT_EQ(f.outbound(build_tcp_frame(guest_to("198.51.100.4"), 40002, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::reply);
+  EXPECT_EQ(parse_frame(reply)->tcp_flags, kTcpRst | kTcpAck);
+  EXPECT_EQ(f.outbound(build_udp_frame(guest_to("198.51.100.2"), 40003, 9000, Bytes(4)), reply), Verdict::reply);
+  EXPECT_EQ(parse_frame(reply)->proto, kProtoIcmp);
+  EXPECT_EQ(f.outbound(dns_query("example.com"), reply), Verdict::reply);
+  NetStats s = counts(f);
+  EXPECT_EQ(s.flows_refused, 3u);
+  EXPECT_EQ(s.denied_tcp + s.denied_udp + s.denied_dns, 0u);
+
+  // Flows end: the ping's reply closes it; a RST ends the connection. Then new ones fit.
+  f.inbound(build_icmp_frame(to_guest("198.51.100.3"), 0, 0, 0x00070001, Bytes(8)));
+  f.inbound(build_tcp_frame(to_guest("198.51.100.1"), 443, 40000, 1, 2, kTcpRst | kTcpAck, 0, {}));
+  EXPECT_EQ(f.flows().size(), 1u);
+  EXPECT_EQ(f.outbound(dns_query("example.com"), reply), Verdict::pass);
+  EXPECT_EQ(f.outbound(build_tcp_frame(guest_to("198.51.100.4"), 40002, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::pass);
+  // Idle flows expire as libslirp's sockets do: an answered DNS query after 10 s, UDP after 240 s.
+  f.inbound(build_udp_frame(to_guest("10.0.2.3"), 53, 40002, dns::build_query(1, "example.com", dns::kTypeA)));
+  clock.t += std::chrono::seconds(11);
+  EXPECT_EQ(f.outbound(build_udp_frame(guest_to("198.51.100.5"), 40004, 9000, Bytes(4)), reply), Verdict::pass);
+  clock.t += std::chrono::seconds(240);
+  EXPECT_EQ(f.outbound(build_udp_frame(guest_to("198.51.100.6"), 40005, 9000, Bytes(4)), reply), Verdict::pass);
+  EXPECT_EQ(counts(f).flows_refused, 3u);
+  // A TCP connection closed by FINs both ways leaves a minute later, an open one stays.
+  auto g = make(policy(true, {}), &clock);
+  g.set_max_flows(1);
+  EXPECT_EQ(g.outbound(build_tcp_frame(guest_to("198.51.100.1"), 40000, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::pass);
+  g.inbound(build_tcp_frame(to_guest("198.51.100.1"), 443, 40000, 1, 2, kTcpSyn | kTcpAck, 65535, {}));
+  clock.t += std::chrono::hours(2);
+  EXPECT_EQ(g.outbound(build_tcp_frame(guest_to("198.51.100.2"), 40001, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::reply);
+  EXPECT_EQ(g.outbound(build_tcp_frame(guest_to("198.51.100.1"), 40000, 443, 2, 2, kTcpFin | kTcpAck, 65535, {}),
+                       reply),
+            Verdict::pass);
+  g.inbound(build_tcp_frame(to_guest("198.51.100.1"), 443, 40000, 2, 3, kTcpFin | kTcpAck, 65535, {}));
+  clock.t += std::chrono::seconds(61);
+  EXPECT_EQ(g.outbound(build_tcp_frame(guest_to("198.51.100.2"), 40001, 443, 1, 0, kTcpSyn, 65535, {}), reply),
+            Verdict::pass);
+}
+
+TEST(EgressFilter, TheNatDnsAddressIsJudgedEvenWithOtherServers) {
+  // --dns elsewhere, --allow-host-loopback: a query sent to 10.0.2.3 anyway must still be judged.
+  AddressPlan plan;
+  NetworkConfig cfg;
+  cfg.dns = {"192.0.2.53"};
+  cfg.policy = policy(true, {{false, "blocked.test"}}, true);
+  EgressFilter f(cfg.policy, plan, filter_dns_servers(cfg));
+  Bytes reply;
+  EXPECT_EQ(f.outbound(dns_query("blocked.test"), reply), Verdict::reply);
+  EXPECT_EQ(f.outbound(dns_query("blocked.test", 1, "192.0.2.53"), reply), Verdict::reply);
+  EXPECT_EQ(counts(f).denied_dns, 2u);
 }
 
 TEST(EgressFilter, UdpRepliesPassOnlyToWhereADatagramCameFromWhileFresh) {
@@ -360,8 +463,24 @@ TEST(EgressFilter, LinkTrafficPassesUnderDefaultDeny) {
   arp[13] = std::byte{0x06};
   EXPECT_EQ(f.outbound(arp, reply), Verdict::pass);
   L2L3 ns = guest_to("ff02::1:ff00:2");
+  ns.hop_limit = 255;
   EXPECT_EQ(f.outbound(build_icmp_frame(ns, 135, 0, 0, Bytes(16)), reply), Verdict::pass);
-  EXPECT_EQ(f.outbound(build_icmp_frame(guest_to("ff02::2"), 133, 0, 0, {}), reply), Verdict::pass);
+  L2L3 rs = guest_to("ff02::2");
+  rs.hop_limit = 255;
+  EXPECT_EQ(f.outbound(build_icmp_frame(rs, 133, 0, 0, {}), reply), Verdict::pass);
+  L2L3 unicast_ns = guest_to("fec0::2");  // reachability confirmation of the gateway
+  unicast_ns.hop_limit = 255;
+  EXPECT_EQ(f.outbound(build_icmp_frame(unicast_ns, 135, 0, 0, Bytes(16)), reply), Verdict::pass);
+  L2L3 ll_na = guest_to("fe80::2");
+  ll_na.hop_limit = 255;
+  EXPECT_EQ(f.outbound(build_icmp_frame(ll_na, 136, 0, 0, Bytes(16)), reply), Verdict::pass);
+  // ND messages that could not be valid (RFC 4861 6.1) are not link traffic: data in a
+  // "neighbour solicitation" to a denied global address, or one that was routed (hop limit < 255).
+  L2L3 far = guest_to("2001:db8::1");
+  far.hop_limit = 255;
+  EXPECT_EQ(f.outbound(build_icmp_frame(far, 135, 0, 0, Bytes(1000)), reply), Verdict::drop);
+  ns.hop_limit = 64;
+  EXPECT_EQ(f.outbound(build_icmp_frame(ns, 135, 0, 0, Bytes(16)), reply), Verdict::drop);
   EXPECT_EQ(f.outbound(build_icmp_frame(guest_to("ff02::16"), 143, 0, 1, Bytes(20)), reply), Verdict::pass);
   L2L3 dhcp = guest_to("255.255.255.255");
   dhcp.src = IpAddr::v4(0, 0, 0, 0);

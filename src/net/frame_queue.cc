@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <spdlog/spdlog.h>
@@ -145,6 +146,7 @@ NetStats FrameQueues::stats() const {
   s.denied_icmp = denied_icmp_.load(std::memory_order_relaxed);
   s.denied_dns = denied_dns_.load(std::memory_order_relaxed);
   s.denied_other = denied_other_.load(std::memory_order_relaxed);
+  s.flows_refused = flows_refused_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -154,16 +156,20 @@ void FrameQueues::set_denied(const NetStats& s) {
   denied_icmp_.store(s.denied_icmp, std::memory_order_relaxed);
   denied_dns_.store(s.denied_dns, std::memory_order_relaxed);
   denied_other_.store(s.denied_other, std::memory_order_relaxed);
+  flows_refused_.store(s.flows_refused, std::memory_order_relaxed);
 }
 
 std::vector<std::string> filter_dns_servers(const NetworkConfig& cfg) {
-  if (!cfg.dns.empty()) return cfg.dns;
-  return {cfg.plan.dns_ipv4, cfg.plan.dns_ipv6};
+  // The NAT's DNS address always: a query sent there is judged by name even when the guest was
+  // given other servers (it reaches the host's resolvers otherwise unjudged).
+  std::vector<std::string> servers = {cfg.plan.dns_ipv4, cfg.plan.dns_ipv6};
+  for (const auto& d : cfg.dns)
+    if (std::find(servers.begin(), servers.end(), d) == servers.end()) servers.push_back(d);
+  return servers;
 }
 
 bool filter_outbound(EgressFilter& f, FrameQueues& q, std::span<const std::byte> frame,
                      std::vector<std::byte>& reply) {
-  if (f.pass_all()) return true;
   EgressFilter::Verdict v;
   try {
     reply.clear();
@@ -182,7 +188,7 @@ bool filter_outbound(EgressFilter& f, FrameQueues& q, std::span<const std::byte>
 
 void deliver_inbound(EgressFilter& f, FrameQueues& q, std::span<const std::byte> frame) {
   try {
-    if (!f.pass_all()) f.inbound(frame);
+    f.inbound(frame);
     (void)q.push_rx(frame);
   } catch (const std::exception& e) {
     q.count_rx_dropped();

@@ -70,7 +70,7 @@ class FrameQueues {
     rx_frames_.fetch_add(1, std::memory_order_relaxed);
     rx_bytes_.fetch_add(bytes, std::memory_order_relaxed);
   }
-  // Takes the filter's denied_* totals from s (the backend thread copies them out: the filter
+  // Takes the filter's denied_* and flows_refused totals from s (the backend thread copies them out: the filter
   // itself is not shared).
   void set_denied(const NetStats& s);
 
@@ -102,7 +102,7 @@ class FrameQueues {
   std::atomic<uint64_t> tx_frames_{0}, tx_bytes_{0}, rx_frames_{0}, rx_bytes_{0};
   std::atomic<uint64_t> tx_malformed_{0}, tx_queue_full_{0}, rx_dropped_{0};
   std::atomic<uint64_t> denied_tcp_{0}, denied_udp_{0}, denied_icmp_{0}, denied_dns_{0},
-      denied_other_{0};
+      denied_other_{0}, flows_refused_{0};
 };
 
 class EgressFilter;
@@ -114,7 +114,7 @@ struct NetworkConfig;
 // the frame (counted malformed): the frame is guest data.
 [[nodiscard]] bool filter_outbound(EgressFilter& f, FrameQueues& q, std::span<const std::byte> frame,
                                    std::vector<std::byte>& reply);
-// The DNS servers the filter treats as the guest's resolvers: --dns, else the plan's.
+// The DNS servers the filter treats as the guest's resolvers: the plan's DNS addresses, and --dns.
 [[nodiscard]] std::vector<std::string> filter_dns_servers(const NetworkConfig& cfg);
 // One frame from the outside through f.inbound(), then into the RX queue (or dropped, counted).
 void deliver_inbound(EgressFilter& f, FrameQueues& q, std::span<const std::byte> frame);

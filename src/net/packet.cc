@@ -80,6 +80,7 @@ bool parse_l4(std::span<const std::byte> s, ParsedFrame& f) {
       if (n < 8) return false;  // every message type has type, code, checksum + 4 bytes
       f.icmp_type = rd8(s, o);
       f.icmp_code = rd8(s, o + 1);
+      f.icmp_id = rd16(s, o + 4);
       f.payload_offset = o + 8;
       f.payload_len = n - 8;
       break;
@@ -100,6 +101,7 @@ bool parse_ipv4(std::span<const std::byte> s, ParsedFrame& f) {
   const size_t total = rd16(s, o + 2);
   if (ihl < 20 || ihl > avail || total < ihl || total > avail) return false;
   f.ip_len = total;
+  f.hop_limit = rd8(s, o + 8);
   f.proto = rd8(s, o + 9);
   f.src = read_ip(s, o + 12, false);
   f.dst = read_ip(s, o + 16, false);
@@ -118,6 +120,7 @@ bool parse_ipv6(std::span<const std::byte> s, ParsedFrame& f) {
   const size_t plen = rd16(s, o + 4);
   if (plen > avail - 40) return false;  // includes jumbograms (payload length 0 + option): unsupported
   f.ip_len = 40 + plen;
+  f.hop_limit = rd8(s, o + 7);
   f.src = read_ip(s, o + 8, true);
   f.dst = read_ip(s, o + 24, true);
   uint8_t next = rd8(s, o + 6);
@@ -292,7 +295,7 @@ std::vector<std::byte> build_ip_frame(const L2L3& a, uint8_t proto, std::span<co
     put16(v, static_cast<uint16_t>(20 + l4.size()));
     put16(v, 0);  // id
     put16(v, 0);  // flags, fragment offset
-    put8(v, 64);
+    put8(v, a.hop_limit);
     put8(v, proto);
     put16(v, 0);  // checksum, below
     put_bytes(v, a.src.bytes());
@@ -303,7 +306,7 @@ std::vector<std::byte> build_ip_frame(const L2L3& a, uint8_t proto, std::span<co
     put32(v, 0x60000000);
     put16(v, static_cast<uint16_t>(l4.size()));
     put8(v, proto);
-    put8(v, 64);
+    put8(v, a.hop_limit);
     put_bytes(v, a.src.bytes());
     put_bytes(v, a.dst.bytes());
   }

@@ -69,6 +69,7 @@ struct ParsedFrame {
   // IPv4 / IPv6.
   IpAddr src, dst;
   uint8_t proto = 0;          // the upper-layer protocol (after any IPv6 extension headers)
+  uint8_t hop_limit = 0;      // IPv4 TTL / IPv6 hop limit
   size_t ip_offset = 0;       // the IP header
   size_t ip_len = 0;          // header + payload as the IP header says (excludes padding)
   bool fragment = false;      // an IPv4 fragment (MF or offset) or an IPv6 Fragment header
@@ -84,6 +85,7 @@ struct ParsedFrame {
   uint8_t tcp_flags = 0;
   // ICMP / ICMPv6.
   uint8_t icmp_type = 0, icmp_code = 0;
+  uint16_t icmp_id = 0;  // the identifier of an echo request or reply (bytes 4-5)
   // TCP data, UDP payload (bounded by the UDP length), ICMP body after the 8-byte header.
   size_t payload_offset = 0, payload_len = 0;
 };
@@ -108,8 +110,9 @@ struct ParsedFrame {
 struct L2L3 {
   MacAddr src_mac{}, dst_mac{};
   IpAddr src, dst;  // same family
+  uint8_t hop_limit = 64;  // IPv4 TTL / IPv6 hop limit
 };
-// An IP packet (IPv4: no options, TTL 64, DF clear, id 0; IPv6: hop limit 64) carrying l4, whose
+// An IP packet (IPv4: no options, TTL hop_limit, DF clear, id 0; IPv6: hop limit) carrying l4, whose
 // checksum the caller has filled in (see the helpers below).
 [[nodiscard]] std::vector<std::byte> build_ip_frame(const L2L3& a, uint8_t proto,
                                                     std::span<const std::byte> l4);

@@ -23,6 +23,12 @@ std::optional<Policy::Cidr> Policy::parse_cidr(std::string_view text) {
     if (bits > c.bits) return std::nullopt;
     c.bits = bits;
   }
+  // An IPv4-mapped prefix (::ffff:10.0.0.0/104) is the IPv4 prefix it carries (10.0.0.0/8):
+  // destinations are judged unmapped, so as IPv6 it would never match.
+  if (c.net.v6 && c.bits >= 96 && c.net.unmapped().v6 == false) {
+    c.net = c.net.unmapped();
+    c.bits -= 96;
+  }
   // Clear the host bits: 10.1.2.3/8 is 10.0.0.0/8.
   for (size_t i = 0; i < c.net.size(); ++i) {
     const size_t first = i * 8;

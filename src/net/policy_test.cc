@@ -43,6 +43,20 @@ TEST(Policy, LongestPrefixWins) {
   EXPECT_TRUE(p.allow_ip(ip("::ffff:10.1.9.9")));
 }
 
+TEST(Policy, MappedRulesAreTheirIpv4Rules) {
+  // Destinations are judged unmapped, so a rule written mapped must be too, or it never matches.
+  const Policy p(make(true, {{false, "::ffff:10.0.0.0/104"}, {false, "::ffff:192.0.2.7"}}), {});
+  EXPECT_FALSE(p.allow_ip(ip("10.9.9.9")));
+  EXPECT_FALSE(p.allow_ip(ip("::ffff:10.9.9.9")));
+  EXPECT_FALSE(p.allow_ip(ip("192.0.2.7")));
+  EXPECT_TRUE(p.allow_ip(ip("11.0.0.1")));
+  const auto c = Policy::parse_cidr("::ffff:10.1.2.3/104");
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->net.v6);
+  EXPECT_EQ(c->net.str(), "10.0.0.0");
+  EXPECT_EQ(c->bits, 8u);
+}
+
 TEST(Policy, TieIsDenyAndZeroPrefixMatchesAll) {
   const Policy p(make(false, {{true, "0.0.0.0/0"}, {true, "1.2.3.0/24"}, {false, "1.2.3.0/24"}}), {});
   EXPECT_TRUE(p.allow_ip(ip("8.8.8.8")));
