@@ -177,9 +177,10 @@ class Vm {
   bool unpublish(const PortMapping& port);
   // The published ports, with their host ports.
   [[nodiscard]] std::vector<PortMapping> ports() const;
-  // A connected TCP stream to guest_port inside the VM (its loopback or any address it listens
-  // on), without publishing anything on the host and whatever the network mode. The caller owns
-  // the returned file descriptor. Throws sm::Error when nothing listens there.
+  // A connected TCP stream to guest_port inside the VM, reached at the guest's loopback (a server
+  // listening on 127.0.0.1, ::1 or all addresses; not one bound to eth0's address alone), without
+  // publishing anything on the host and whatever the network mode. The caller owns the returned
+  // file descriptor. Throws sm::Error when nothing listens there.
   [[nodiscard]] int connect(std::uint16_t guest_port);
   // The VM's network counters (all zero without a network device).
   [[nodiscard]] NetStats net_stats() const;

@@ -84,6 +84,17 @@ class Backend {
   // What is published now, with host ports filled in.
   [[nodiscard]] virtual std::vector<PortMapping> published() const = 0;
 
+  // The MTU the guest's interface should use: the plan's in user mode, the interface's with TAP
+  // (a bridge drops larger frames silently).
+  [[nodiscard]] virtual unsigned mtu() const = 0;
+  // True when frames for the guest have correct checksums (the backend built or checked them),
+  // so the device may tell the guest it need not verify them (VIRTIO_NET_HDR_F_DATA_VALID).
+  [[nodiscard]] virtual bool frames_checked() const = 0;
+  // Stops moving frames and closes what the backend opened on the host (published ports, host
+  // connections); publish() throws afterwards. Idempotent; called when the VM stops. Not from
+  // the backend's own thread.
+  virtual void shutdown() = 0;
+
   // The counters so far (the device's own counters are added by the device).
   [[nodiscard]] virtual NetStats stats() const = 0;
   // Called by the device when it drops a frame (malformed, rx too big): counted here so that one

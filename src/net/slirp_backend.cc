@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/thread.h"
 #include "common/unique_fd.h"
 #include "net/filter.h"
 
@@ -333,20 +334,28 @@ SlirpBackend::SlirpBackend(const NetworkConfig& cfg, QueueLimits limits)
   loop_->slirp = slirp_new(&sc, &kCallbacks, loop_.get());
   if (loop_->slirp == nullptr) throw Error("network: libslirp could not start (slirp_new failed)");
   try {
-    thread_ = std::thread([this] { thread_main(); });
+    thread_ = start_thread_without_signals([this] { thread_main(); });
   } catch (...) {
     slirp_cleanup(loop_->slirp);
     throw;
   }
 }
 
-SlirpBackend::~SlirpBackend() {
+SlirpBackend::~SlirpBackend() { shutdown(); }
+
+void SlirpBackend::shutdown() {
+  std::lock_guard lock(publish_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
   stop_.store(true);
   q_.wake();
   if (thread_.joinable()) thread_.join();
-  // The thread is gone: libslirp is ours now. Its cleanup frees its timers through loop_.
+  // The thread is gone: libslirp is ours now. Its cleanup closes every socket it had and frees
+  // its timers through loop_.
   slirp_cleanup(loop_->slirp);
   loop_->slirp = nullptr;
+  std::lock_guard plock(published_mu_);
+  published_.clear();
 }
 
 void SlirpBackend::thread_main() {
@@ -408,6 +417,7 @@ void SlirpBackend::run_on_thread(std::function<void(Slirp*)> fn) {
 }
 
 PortMapping SlirpBackend::publish(const PortMapping& m_in) {
+  std::lock_guard lock(publish_mu_);
   PortMapping m = m_in;
   m.host_ip = host_ip_or_default(m.host_ip);
   if (m.guest_port == 0) {
@@ -439,12 +449,13 @@ PortMapping SlirpBackend::publish(const PortMapping& m_in) {
     }
     throw publish_error(m, m.host_port, err);
   });
-  std::lock_guard lock(published_mu_);
+  std::lock_guard plock(published_mu_);
   published_.push_back(m);
   return m;
 }
 
 bool SlirpBackend::unpublish(const PortMapping& m) {
+  std::lock_guard lock(publish_mu_);
   PortMapping found;
   {
     std::lock_guard lock(published_mu_);
@@ -462,7 +473,7 @@ bool SlirpBackend::unpublish(const PortMapping& m) {
               (host.v6 ? SLIRP_HOSTFWD_V6ONLY : 0);
   int rc = -1;
   run_on_thread([&](Slirp* s) { rc = slirp_remove_hostxfwd(s, host.sa(), host.len, flags); });
-  std::lock_guard lock(published_mu_);
+  std::lock_guard plock(published_mu_);
   std::erase_if(published_, [&](const PortMapping& p) { return same_port(p, found); });
   return rc == 0;
 }

@@ -10,9 +10,13 @@
 // belong to the backend thread alone: it runs slirp_pollfds_fill / poll() / slirp_pollfds_poll,
 // the timers (their deadlines bound the poll timeout) and the queued TX frames; an eventfd in
 // the poll set wakes it. publish()/unpublish() post a request to that thread and wait for its
-// answer (never call them from the backend thread). The device side of Backend goes through
-// FrameQueues (frame_queue.h). req_mu_ and published_mu_ are leaves, never held across a call
-// into libslirp.
+// answer (never call them from the backend thread); publish_mu_ is held across the whole of one,
+// so that the port list and libslirp's forwards change together. The device side of Backend goes
+// through FrameQueues (frame_queue.h). Lock order: publish_mu_ -> req_mu_ | published_mu_ ->
+// nothing; none is held by the backend thread while it calls into libslirp.
+//
+// Host sockets: every connection, UDP flow and ping of the guest is one; the filter's flow table
+// (flows.h) caps how many a VM has open at once.
 #pragma once
 
 #include <atomic>
@@ -48,6 +52,10 @@ class SlirpBackend final : public Backend {
   PortMapping publish(const PortMapping& m) override;
   bool unpublish(const PortMapping& m) override;
   [[nodiscard]] std::vector<PortMapping> published() const override;
+  [[nodiscard]] unsigned mtu() const override { return cfg_.plan.mtu; }
+  [[nodiscard]] bool frames_checked() const override { return true; }  // libslirp builds them
+  // Ends the thread and libslirp: every host socket it had (published ports, connections) closes.
+  void shutdown() override;
 
   [[nodiscard]] NetStats stats() const override;  // q_'s counters, the filter's included
   void count_malformed_tx() override { q_.count_malformed_tx(); }
@@ -73,8 +81,10 @@ class SlirpBackend final : public Backend {
   std::vector<std::function<void(Slirp*)>> requests_;  // guarded by req_mu_
   bool thread_done_ = false;                           // guarded by req_mu_
 
+  std::mutex publish_mu_;  // one publish/unpublish/shutdown at a time
   mutable std::mutex published_mu_;
   std::vector<PortMapping> published_;  // guarded by published_mu_
+  bool shut_down_ = false;              // guarded by publish_mu_
 
   std::atomic<bool> stop_{false};
   std::thread thread_;

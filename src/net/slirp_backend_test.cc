@@ -10,10 +10,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "net/flows.h"
 #include "net/make_backend.h"
 #include "net/net_test_frames.h"
 
@@ -323,6 +327,74 @@ TEST(SlirpBackend, DestroyedWhileBusy) {
     sender.join();
     b.reset();  // must join the thread promptly with work queued and sockets open
   }
+}
+
+// The number of open file descriptors of this process.
+size_t open_fds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+TEST(SlirpBackend, ShutdownClosesPublishedPortsAndRefusesNewOnes) {
+  auto b = SlirpBackend::create(user_config());
+  PortMapping m = b->publish({PortMapping::Protocol::tcp, "127.0.0.1", 0, 80});
+  b->shutdown();
+  EXPECT_TRUE(b->published().empty());
+  // The port is free again: a client is refused at once instead of hanging on a dead VM.
+  auto [again, p] = bound_socket(SOCK_STREAM, m.host_port);
+  EXPECT_TRUE(again.valid()) << "host port " << m.host_port << " still bound after shutdown";
+  EXPECT_THROW((void)b->publish({PortMapping::Protocol::tcp, "127.0.0.1", 0, 81}), Error);
+  b->shutdown();  // idempotent, and the destructor after it
+}
+
+TEST(SlirpBackend, ItsThreadTakesNoSignals) {
+  // A SIGINT for the process must not be delivered to the backend's thread (whose default action
+  // would kill the process before the VM's own signal handling sees it).
+  auto b = SlirpBackend::create(user_config());
+  bool found = false;
+  // The thread names itself when it starts: look until it has.
+  for (int i = 0; i < 200 && !found; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(task.path() / "comm");
+      std::string name;
+      std::getline(comm, name);
+      if (name != "sm-slirp") continue;
+      found = true;
+      std::ifstream status(task.path() / "status");
+      for (std::string line; std::getline(status, line);) {
+        if (!line.starts_with("SigBlk:")) continue;
+        // Every signal the thread could be sent: SIGINT (2), SIGTERM (15), SIGPIPE (13) among them.
+        const unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
+        for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGUSR1})
+          EXPECT_TRUE(mask & (1ull << (sig - 1))) << "signal " << sig << " unblocked: " << line;
+      }
+    }
+  }
+  EXPECT_TRUE(found) << "no sm-slirp thread";
+}
+
+TEST(SlirpBackend, AGuestCannotOpenMoreHostSocketsThanItsCap) {
+  // Each UDP source port of the guest is a socket of this process; past the cap new flows are
+  // refused with ICMP unreachable, so a hostile guest cannot take the process's descriptors.
+  NetworkConfig c = user_config();
+  c.policy.allow_host_loopback = true;
+  auto b = SlirpBackend::create(c);
+  auto [sink, port] = bound_socket(SOCK_DGRAM);
+  const size_t before = open_fds();
+  const size_t cap = FlowTable::default_max_flows();
+  const size_t tries = cap + 200;
+  for (size_t i = 0; i < tries; ++i) {
+    auto f = udp4_frame(ip4("10.0.2.15"), static_cast<uint16_t>(10000 + i), ip4("10.0.2.2"), port, bytes({1}));
+    while (!b->send(f)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+       b->stats().flows_refused < tries - cap && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(b->stats().flows_refused, tries - cap);
+  EXPECT_LE(open_fds(), before + cap + 8) << "cap " << cap;
+  EXPECT_GE(open_fds(), before + cap / 2) << "the flows were never opened: the test proves nothing";
 }
 
 TEST(MakeBackend, ModesAndErrors) {

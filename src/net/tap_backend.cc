@@ -6,14 +6,17 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/thread.h"
 #include "net/filter.h"
 
 namespace sm::net {
@@ -67,6 +70,18 @@ UniqueFd open_tap(const std::string& name) {
   return fd;
 }
 
+// The interface's MTU, which the guest must not exceed; 1500 when it cannot be read.
+unsigned interface_mtu(const std::string& name) {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::memcpy(ifr.ifr_name, name.data(), std::min(name.size(), sizeof ifr.ifr_name - 1));
+  if (!s || ::ioctl(s.get(), SIOCGIFMTU, &ifr) != 0 || ifr.ifr_mtu < 68) {
+    spdlog::warn("network: tap {}: cannot read its MTU ({}); the guest uses 1500", name, std::strerror(errno));
+    return 1500;
+  }
+  return std::min<unsigned>(static_cast<unsigned>(ifr.ifr_mtu), kMaxMtu);
+}
+
 }  // namespace
 
 std::unique_ptr<TapBackend> TapBackend::create(const NetworkConfig& cfg, QueueLimits limits) {
@@ -75,17 +90,23 @@ std::unique_ptr<TapBackend> TapBackend::create(const NetworkConfig& cfg, QueueLi
 
 TapBackend::TapBackend(const NetworkConfig& cfg, QueueLimits limits, UniqueFd tap)
     : name_(cfg.tap_name),
+      mtu_(interface_mtu(cfg.tap_name)),
       q_(limits),
       tap_(std::move(tap)),
       filter_(std::make_unique<EgressFilter>(cfg.policy, cfg.plan, filter_dns_servers(cfg))),
       rx_buf_(kMaxFrameLen) {
-  thread_ = std::thread([this] { thread_main(); });
+  filter_->set_stateful_tcp(true);
+  thread_ = start_thread_without_signals([this] { thread_main(); });
 }
 
-TapBackend::~TapBackend() {
+TapBackend::~TapBackend() { shutdown(); }
+
+void TapBackend::shutdown() {
+  std::lock_guard lock(shutdown_mu_);
   stop_.store(true);
   q_.wake();
   if (thread_.joinable()) thread_.join();
+  tap_.reset();
 }
 
 PortMapping TapBackend::publish(const PortMapping&) {

@@ -4,11 +4,17 @@
 //
 // Threads and locks: one thread ("sm-tap") owns the TAP fd and the filter: poll() on the fd and
 // FrameQueues' wake eventfd; TX queue -> write(), read() -> filter.inbound() -> RX queue. The
-// device side of Backend goes through FrameQueues (frame_queue.h), whose locks are the only ones.
+// device side of Backend goes through FrameQueues (frame_queue.h), whose locks are the only ones
+// besides shutdown_mu_ (shutdown() and the destructor; a leaf).
+//
+// The filter is stateful here (EgressFilter::set_stateful_tcp): frames go onto a real LAN, so a
+// TCP segment passes only on a connection whose SYN the filter judged. The guest's MTU is the
+// interface's, since a bridge drops larger frames without a word.
 #pragma once
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +46,12 @@ class TapBackend final : public Backend {
   bool unpublish(const PortMapping&) override { return false; }
   [[nodiscard]] std::vector<PortMapping> published() const override { return {}; }
 
+  [[nodiscard]] unsigned mtu() const override { return mtu_; }
+  // Frames from a bridge were checked by nobody: the guest verifies them itself.
+  [[nodiscard]] bool frames_checked() const override { return false; }
+  // Ends the thread and closes the TAP fd (the interface stays; it is the user's).
+  void shutdown() override;
+
   [[nodiscard]] NetStats stats() const override { return q_.stats(); }
   void count_malformed_tx() override { q_.count_malformed_tx(); }
   void count_tx_queue_full() override { q_.count_tx_queue_full(); }
@@ -54,6 +66,7 @@ class TapBackend final : public Backend {
   bool read_available();
 
   const std::string name_;
+  unsigned mtu_ = 1500;  // the interface's (SIOCGIFMTU), capped at kMaxMtu
   FrameQueues q_;
   UniqueFd tap_;
   std::unique_ptr<EgressFilter> filter_;  // backend thread only
@@ -62,7 +75,8 @@ class TapBackend final : public Backend {
   std::vector<std::byte> rx_buf_;         // backend thread
   std::vector<std::byte> reply_;          // backend thread
   std::atomic<bool> stop_{false};
-  std::thread thread_;
+  std::mutex shutdown_mu_;
+  std::thread thread_;  // joined under shutdown_mu_
 };
 
 }  // namespace sm::net

@@ -128,6 +128,37 @@ void check_hostname(const std::string& hostname) {
     throw Error(fmt::format("bad hostname '{}': use 1 to 64 letters, digits, '-', '_' and '.'", hostname));
 }
 
+// What the agent is asked to configure (interface, routes, resolv.conf, hosts); mtu 0: the plan's.
+agent::NetworkRequest network_request(const net::NetworkConfig& network, const std::string& hostname, unsigned mtu) {
+  agent::NetworkRequest req;
+  if (network.mode != net::Mode::none) {
+    const net::AddressPlan& p = network.plan;
+    agent::NetworkInterface i;
+    i.mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", p.guest_mac[0], p.guest_mac[1], p.guest_mac[2],
+                        p.guest_mac[3], p.guest_mac[4], p.guest_mac[5]);
+    i.mtu = mtu != 0 ? mtu : p.mtu;
+    i.ipv4 = p.guest_ipv4;
+    i.ipv4_prefix = p.ipv4_prefix;
+    i.gateway4 = p.gateway_ipv4;
+    i.ipv6 = p.guest_ipv6;
+    i.ipv6_prefix = p.ipv6_prefix;
+    i.gateway6 = p.gateway_ipv6;
+    req.interface = i;
+  }
+  req.nameservers = net::guest_nameservers(network);
+  req.hosts = network.extra_hosts;
+  req.hostname = hostname;
+  return req;
+}
+
+// The network settings the guest will be given, checked before anything boots, with the rules
+// the agent applies (so a bad --add-host or --dns fails at once, not after a boot).
+void check_network(const net::NetworkConfig& network, const std::string& hostname) {
+  net::validate(network);
+  if (std::string why = agent::network_problem(network_request(network, hostname, 0)); !why.empty())
+    throw Error(fmt::format("bad network settings: {}", why));
+}
+
 }  // namespace
 
 std::optional<fs::path> bake_path(const fs::path& rootfs_dir, const ContainerSpec& spec) {
@@ -204,6 +235,7 @@ agent::ExecRequest main_request(const ContainerSpec& spec) {
 ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
     : dir_(std::move(dir)), vsock_(dir_ / "vm.vsock"), console_path_(dir_ / "console.log") {
   check_hostname(spec.hostname);
+  check_network(spec.network, spec.hostname);
   info_.rootfs = spec.rootfs;
   info_.image_reference = spec.image_reference;
   info_.image_digest = spec.image_digest;
@@ -277,25 +309,8 @@ ContainerVm::ContainerVm(const ContainerSpec& spec, fs::path dir)
 }
 
 void ContainerVm::configure_network(agent::Client& c, const net::NetworkConfig& network, const std::string& hostname) {
-  agent::NetworkRequest req;
-  if (network.mode != net::Mode::none) {
-    const net::AddressPlan& p = network.plan;
-    agent::NetworkInterface i;
-    i.mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", p.guest_mac[0], p.guest_mac[1], p.guest_mac[2],
-                        p.guest_mac[3], p.guest_mac[4], p.guest_mac[5]);
-    i.mtu = p.mtu;
-    i.ipv4 = p.guest_ipv4;
-    i.ipv4_prefix = p.ipv4_prefix;
-    i.gateway4 = p.gateway_ipv4;
-    i.ipv6 = p.guest_ipv6;
-    i.ipv6_prefix = p.ipv6_prefix;
-    i.gateway6 = p.gateway_ipv6;
-    req.interface = i;
-  }
-  req.nameservers = net::guest_nameservers(network);
-  req.hosts = network.extra_hosts;
-  req.hostname = hostname;
-  c.configure_network(req);
+  const net::Backend* b = machine_->network();
+  c.configure_network(network_request(network, hostname, b ? b->mtu() : 0));
 }
 
 net::Backend* ContainerVm::network() const { return machine_->network(); }
@@ -339,6 +354,7 @@ ContainerVm::ContainerVm(RestoreTag, const fs::path& snapshot_dir, const Restore
 
 void ContainerVm::start_restored(const fs::path& snapshot_dir, const RestoreSettings& settings) {
   check_hostname(settings.hostname);
+  if (settings.network) check_network(*settings.network, settings.hostname);
   const auto t0 = Clock::now();
   info_ = read_snapshot_info(snapshot_dir);
   net::NetworkConfig network;

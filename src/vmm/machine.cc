@@ -288,7 +288,7 @@ void Machine::setup_devices(const Restore* r) {
     net_backend_ = net::make_backend(*cfg_.network);
     virtio::NetOptions o;
     o.mac = cfg_.network->plan.guest_mac;
-    o.mtu = static_cast<uint16_t>(cfg_.network->plan.mtu);
+    o.mtu = net_backend_->mtu();  // the plan's, or a TAP interface's
     devs.push_back(virtio::Net::create(loop_, net_backend_, o));
   }
 

@@ -55,6 +55,16 @@ class FakeNetBackend final : public net::Backend {
   net::PortMapping publish(const net::PortMapping&) override { throw Error("fake backend: no ports"); }
   bool unpublish(const net::PortMapping&) override { return false; }
   std::vector<net::PortMapping> published() const override { return {}; }
+  unsigned mtu() const override { return 65520; }
+  bool frames_checked() const override { return true; }
+  void shutdown() override {
+    std::lock_guard lock(mu_);
+    ++shutdowns_;
+  }
+  int shutdowns() const {
+    std::lock_guard lock(mu_);
+    return shutdowns_;
+  }
 
   net::NetStats stats() const override {
     std::lock_guard lock(mu_);
@@ -119,6 +129,7 @@ class FakeNetBackend final : public net::Backend {
   std::vector<Frame> sent_;
   std::deque<Frame> rx_;
   net::NetStats stats_;
+  int shutdowns_ = 0;
 };
 
 }  // namespace sm::virtio::testing

@@ -103,9 +103,15 @@ Net::Net(EventLoop& loop, std::shared_ptr<net::Backend> backend, NetOptions o)
 Net::~Net() { on_machine_stopped(); }
 
 void Net::on_machine_stopped() {
-  std::lock_guard lock(mutex());
-  stopped_ = true;
-  disarm_fds();
+  {
+    std::lock_guard lock(mutex());
+    stopped_ = true;
+    disarm_fds();
+  }
+  // Outside the device mutex (lock order: the backend may wait for its own thread): the NAT's
+  // published ports close now, not when the Machine is destroyed, so clients of a stopped VM
+  // are refused instead of hanging.
+  backend_->shutdown();
 }
 
 uint64_t Net::device_features() const {
@@ -291,7 +297,7 @@ bool Net::deliver_rx(std::span<const std::byte> frame, bool& pushed) {
   Queue& q = queues_[0];
   const uint64_t need = kNetHdrSize + frame.size();
   NetHeader h;
-  h.flags = (acked_features() & kNetFGuestCsum) ? kNetHdrFDataValid : 0;
+  h.flags = (acked_features() & kNetFGuestCsum) && backend_->frames_checked() ? kNetHdrFDataValid : 0;
   h.gso_type = kNetHdrGsoNone;
   h.num_buffers = 1;
   std::array<std::byte, kNetHdrSize> raw{};
@@ -319,14 +325,18 @@ bool Net::deliver_rx(std::span<const std::byte> frame, bool& pushed) {
   // Mergeable buffers (§5.1.6.3.2): as many chains as the frame needs, num_buffers in the first.
   std::vector<DescriptorChain> chains;
   uint64_t have = 0;
+  size_t descriptors = 0;
   while (have < need) {
     auto chain = q.pop(*mem_);
     if (!chain) break;
     have += chain->writable_len();
+    descriptors += chain->descriptor_count();
     chains.push_back(std::move(*chain));
   }
   if (have < need) {
-    const bool never_fits = chains.size() >= q.size();  // every buffer the ring can hold is too few
+    // Every buffer the ring can hold is too few: as many chains as it has slots, or chains that
+    // use all its descriptors between them (a driver posting multi-descriptor buffers).
+    const bool never_fits = chains.size() >= q.size() || descriptors >= q.size();
     for (size_t i = 0; i < chains.size(); ++i) q.undo_pop();
     if (!never_fits) return false;
     backend_->pop_rx();

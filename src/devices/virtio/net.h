@@ -11,8 +11,8 @@
 //       fit the frame, or that asks for GSO, is returned to the guest and the frame dropped and
 //       counted (count_malformed_tx). A malformed descriptor chain is a GuestError, as in every
 //       device (DEVICE_NEEDS_RESET).
-//   RX: frames carry VIRTIO_NET_HDR_F_DATA_VALID when GUEST_CSUM was negotiated (the backend's
-//       frames are correct). With MRG_RXBUF a frame spans as many chains as it needs
+//   RX: frames carry VIRTIO_NET_HDR_F_DATA_VALID when GUEST_CSUM was negotiated and the backend
+//       vouches for its frames' checksums (Backend::frames_checked: libslirp builds its own). With MRG_RXBUF a frame spans as many chains as it needs
 //       (num_buffers); without it one chain must hold header + frame or the frame is dropped.
 //       With no guest buffers, frames stay in the backend until the driver adds some.
 //   Backpressure: when Backend::send() refuses a frame the chain goes back on the ring and TX
@@ -108,7 +108,8 @@ class Net final : public VirtioDevice, public std::enable_shared_from_this<Net> 
   // The VM's network counters (the backend holds them all). Any thread.
   [[nodiscard]] net::NetStats stats() const { return backend_->stats(); }
 
-  // Removes the backend's fds from the loop; the device does no more work. Takes the mutex.
+  // Removes the backend's fds from the loop (the device does no more work) and shuts the backend
+  // down (published ports close). Takes the mutex, then calls the backend without it.
   void on_machine_stopped() override;
 
  protected:

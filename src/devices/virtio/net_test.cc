@@ -386,6 +386,21 @@ TEST_F(NetTest, RxMergeableFrameLargerThanTheWholeRingIsDropped) {
   EXPECT_EQ(backend_->rx_pending(), 0u);
 }
 
+TEST_F(NetTest, RxMergeableFrameLargerThanAllMultiDescriptorBuffersIsDropped) {
+  // Two-descriptor chains: the 8-entry ring holds only four, so waiting for more never helps.
+  start(~0ull, 1u << 20, 8);
+  for (int i = 0; i < 4; ++i) rxq_->add_chain({rxq_->writable(50), rxq_->writable(50)});
+  backend_->queue_rx(random_frame(1000, 1));  // needs 1012 bytes; the ring can hold 400
+  const Bytes ok = random_frame(80, 2);
+  backend_->queue_rx(ok);
+  pump();
+  auto used = rxq_->collect_used();
+  ASSERT_EQ(used.size(), 1u) << "a frame that can never fit stalled the receive queue";
+  EXPECT_EQ(used[0].len, 92u);
+  EXPECT_EQ(dev_->stats().rx_dropped, 1u);
+  EXPECT_EQ(backend_->rx_pending(), 0u);
+}
+
 TEST_F(NetTest, RxWithoutMergeableBuffersDropsAFrameThatDoesNotFit) {
   start(~(kNetFMrgRxbuf | kNetFGuestCsum));
   Buf b = rxq_->writable(512);
@@ -498,6 +513,7 @@ TEST_F(NetTest, ResetAndMachineStopLeaveTheLoop) {
   EXPECT_EQ(rxq_->collect_used().size(), 1u);
   dev_->on_machine_stopped();
   dev_->on_machine_stopped();  // harmless twice
+  EXPECT_EQ(backend_->shutdowns(), 2);  // the backend closes its ports (idempotent there)
   backend_->queue_rx(random_frame(60, 2));
   rxq_->add_chain({rxq_->writable(256)});
   pump();
