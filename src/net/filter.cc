@@ -142,7 +142,7 @@ EgressFilter::Verdict EgressFilter::outbound(std::span<const std::byte> frame,
   if (always_denied(dst)) return refuse(frame, f, reply);
   if (f.has_l4 && f.proto == kProtoTcp && (f.tcp_flags & (kTcpSyn | kTcpAck | kTcpRst)) != kTcpSyn) {
     // A segment of a connection (see filter.h, 3a).
-    if (flows_.outbound(f, policy_.now()) == FlowTable::Result::unknown && stateful_tcp_)
+    if (flows_.outbound(f, policy_.now()) == FlowTable::Result::unknown && bridged_)
       return refuse(frame, f, reply);
     return Verdict::pass;
   }
@@ -163,7 +163,7 @@ EgressFilter::Verdict EgressFilter::outbound(std::span<const std::byte> frame,
     }
   }
 
-  if (in_plan_subnet(dst)) {
+  if (!bridged_ && in_plan_subnet(dst)) {
     if (is_echo_request(f) || allow_host_loopback_) return admit(frame, f, reply);
     return refuse(frame, f, reply);
   }

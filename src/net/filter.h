@@ -16,7 +16,7 @@
 //   3. 0.0.0.0/8, 127.0.0.0/8, ::, ::1 (also IPv4-mapped): always refused.
 //   3a. Replies pass: the policy judges what the guest starts, not what it answers. A TCP
 //      segment other than a bare SYN belongs to a connection whose SYN was judged; with
-//      stateful TCP (set_stateful_tcp, the TAP backend) it must belong to one the flow table
+//      a bridged filter (set_bridged, the TAP backend) it must belong to one the flow table
 //      (flows.h) saw open or it is refused; without (libslirp, which resets unknown
 //      connections itself) it passes. A UDP datagram back to the address and port a datagram
 //      to the guest came from (a published UDP port) passes for kUdpReplyWindow after the last
@@ -30,7 +30,8 @@
 //      a DNS server are dropped.
 //   5. The plan's subnets (10.0.2.0/24, fec0::/64: libslirp maps every address there but the DNS
 //      address to the host's loopback): ICMP echo passes; the rest passes only with
-//      allow_host_loopback.
+//      allow_host_loopback. Not when bridged: there the subnet is the user's LAN, and its hosts
+//      are judged like any address (6).
 //   6. Everything else: Policy::allow_ip(destination).
 // A refusal: TCP -> RST (none to a RST); UDP -> unreachable; ICMP echo -> unreachable, other
 // ICMP dropped; other protocols and fragments dropped. Nothing is sent about packets to
@@ -84,8 +85,9 @@ class EgressFilter {
   // Default allow, no rules, host loopback allowed: the policy refuses nothing (the flow table
   // still counts and caps).
   [[nodiscard]] bool pass_all() const;
-  // Stateful TCP (see 3a above): for backends that put frames on a real LAN.
-  void set_stateful_tcp(bool on) { stateful_tcp_ = on; }
+  // For backends that put frames on a real LAN (TAP): stateful TCP (3a), and the plan's subnet
+  // is judged by the policy like any other (5).
+  void set_bridged(bool on) { bridged_ = on; }
   // The flow cap (FlowTable::default_max_flows() unless set).
   void set_max_flows(size_t n) { flows_ = FlowTable(n); }
   [[nodiscard]] const FlowTable& flows() const { return flows_; }
@@ -116,7 +118,7 @@ class EgressFilter {
 
   Policy policy_;
   FlowTable flows_;
-  bool stateful_tcp_ = false;
+  bool bridged_ = false;
   bool allow_host_loopback_;
   IpAddr gateway4_, gateway6_, guest4_, guest6_;
   unsigned prefix4_, prefix6_;

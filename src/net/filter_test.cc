@@ -156,10 +156,10 @@ TEST(EgressFilter, RepliesToConnectionsFromOutsidePass) {
   EXPECT_EQ(counts(f).denied_tcp, 1u);
 }
 
-TEST(EgressFilter, StatefulTcpPassesOnlySegmentsOfConnectionsItSawOpen) {
+TEST(EgressFilter, BridgedPassesOnlySegmentsOfConnectionsItSawOpen) {
   // With TAP the frames go onto a real LAN: data in bare ACKs to a denied address must not.
   auto f = make(policy(false, {{true, "198.51.100.0/24"}}));
-  f.set_stateful_tcp(true);
+  f.set_bridged(true);
   Bytes reply;
   const Bytes payload(100, std::byte{'x'});
   const auto ack_to = [&](const char* dst, uint16_t sport, uint16_t dport, uint8_t flags) {
@@ -182,7 +182,15 @@ TEST(EgressFilter, StatefulTcpPassesOnlySegmentsOfConnectionsItSawOpen) {
   // A RST the guest sends on a connection nobody knows is dropped, never answered.
   EXPECT_EQ(f.outbound(ack_to("203.0.113.10", 1, 2, kTcpRst), reply), Verdict::drop);
 
-  // Without stateful TCP (libslirp resets unknown connections itself) such segments pass.
+  // Bridged, the plan's subnet is the user's LAN: its hosts are judged by the rules, not refused
+  // as the host's loopback.
+  auto lan = make(policy(true, {{false, "10.0.2.9"}}));
+  lan.set_bridged(true);
+  EXPECT_EQ(lan.outbound(syn("10.0.2.2", 80), reply), Verdict::pass);
+  EXPECT_EQ(lan.outbound(syn("10.0.2.9", 80), reply), Verdict::reply);
+  EXPECT_EQ(lan.outbound(syn("127.0.0.1", 80), reply), Verdict::reply);
+
+  // Not bridged (libslirp resets unknown connections itself) such segments pass.
   auto nat = make(policy(false, {}));
   EXPECT_EQ(nat.outbound(ack_to("203.0.113.9", 40000, 443, kTcpAck | kTcpPsh), reply), Verdict::pass);
 }

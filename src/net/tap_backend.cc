@@ -95,7 +95,7 @@ TapBackend::TapBackend(const NetworkConfig& cfg, QueueLimits limits, UniqueFd ta
       tap_(std::move(tap)),
       filter_(std::make_unique<EgressFilter>(cfg.policy, cfg.plan, filter_dns_servers(cfg))),
       rx_buf_(kMaxFrameLen) {
-  filter_->set_stateful_tcp(true);
+  filter_->set_bridged(true);
   thread_ = start_thread_without_signals([this] { thread_main(); });
 }
 

@@ -7,8 +7,9 @@
 // device side of Backend goes through FrameQueues (frame_queue.h), whose locks are the only ones
 // besides shutdown_mu_ (shutdown() and the destructor; a leaf).
 //
-// The filter is stateful here (EgressFilter::set_stateful_tcp): frames go onto a real LAN, so a
-// TCP segment passes only on a connection whose SYN the filter judged. The guest's MTU is the
+// The filter is bridged here (EgressFilter::set_bridged): frames go onto a real LAN, so a TCP
+// segment passes only on a connection whose SYN the filter judged, and the plan's subnet is that
+// LAN (no host loopback behind it), judged by the policy like any address. The guest's MTU is the
 // interface's, since a bridge drops larger frames without a word.
 #pragma once
 

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -189,6 +190,18 @@ std::string http_get(uint16_t port, const std::string& path = "/") {
   return out;
 }
 
+// True when a TCP connection to 127.0.0.1:port is refused (nothing listens there).
+bool connection_refused(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool refused = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && errno == ECONNREFUSED;
+  ::close(fd);
+  return refused;
+}
+
 class NetTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { image_ = std::make_unique<sm::Image>(sm::Image::load(g_layout, "busybox")); }
@@ -258,6 +271,9 @@ TEST_F(NetTest, PublishedPortsAnswerOnTheHostAndATakenPortIsRefused) {
   EXPECT_NE(http_get(m.host_port).find("vm a"), std::string::npos);
   EXPECT_TRUE(a.unpublish(m));
   EXPECT_EQ(http_get(m.host_port), "");
+  // A stopped VM's ports close with it: clients are refused, not left hanging.
+  a.stop();
+  EXPECT_TRUE(connection_refused(18080)) << "port 18080 still accepts connections after the VM stopped";
 }
 
 TEST_F(NetTest, UdpRoundTripThroughAPublishedPort) {
@@ -425,6 +441,42 @@ TEST_F(NetTest, SnapshotCloneGetsItsOwnNatAndPorts) {
   for (auto deadline = Clock::now() + 120s; !ended && Clock::now() < deadline; std::this_thread::sleep_for(500ms))
     ended = clone.exec({"test", "-f", "/tmp/held.rc"}).exit_code == 0;
   EXPECT_TRUE(ended) << "a connection open at capture did not end in the clone";
+}
+
+// --network tap:NAME: the VM on a TAP interface the test makes, with the plan's gateway address
+// (10.0.2.2/24) on the host side and a web server there. The guest takes the interface's MTU and
+// the egress policy still holds on the LAN.
+TEST_F(NetTest, TapPutsTheVmOnAHostInterfaceUnderThePolicy) {
+  sh("ip link del sm-tap0 2>/dev/null");
+  ASSERT_EQ(sh("ip tuntap add dev sm-tap0 mode tap && ip link set sm-tap0 mtu 1400 && "
+               "ip addr add 10.0.2.2/24 dev sm-tap0 && ip link set sm-tap0 up"),
+            0);
+  struct Cleanup {
+    ~Cleanup() { sh("ip link del sm-tap0 2>/dev/null"); }
+  } cleanup;
+  const fs::path www = g_dirs.root / "www";
+  sm::test::ChildProcess httpd({"/bin/busybox", "httpd", "-f", "-p", "10.0.2.2:8088", "-h", www.string()});
+  sm::VmConfig c;
+  c.memory_mib = 256;
+  c.network.mode = sm::NetworkConfig::Mode::tap;
+  c.network.tap_name = "sm-tap0";
+  {
+    sm::Vm vm = sm::Vm::start(*image_, c);
+    EXPECT_EQ(trim(vm.exec({"cat", "/sys/class/net/eth0/mtu"}).out), "1400");
+    std::string got;
+    for (auto deadline = Clock::now() + 30s; Clock::now() < deadline && got.empty(); std::this_thread::sleep_for(200ms))
+      got = vm.exec({"wget", "-q", "-O", "-", "http://10.0.2.2:8088/small"}, {.timeout = 20s}).out;
+    EXPECT_EQ(got, "small file from the test host\n");
+    EXPECT_THROW((void)vm.publish({.guest_port = 80}), sm::Error);
+  }
+  c.network.egress_allow = false;
+  sm::Vm vm = sm::Vm::start(*image_, c);
+  const auto t0 = Clock::now();
+  auto r = vm.exec({"wget", "-q", "-O", "-", "http://10.0.2.2:8088/small"}, {.timeout = 30s});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_LT(Clock::now() - t0, 5s) << "the denied address was not refused at once";
+  EXPECT_GE(vm.net_stats().denied_tcp, 1u);
 }
 
 TEST_F(NetTest, CliPublishPortAndTakenPort) {
