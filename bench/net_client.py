@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""bench/net's client: measures one guest's network through three forwarded host ports.
+"""bench/net's client: measures guests' networks through forwarded host ports, side by side.
 
-    net_client.py ECHO_PORT IN_PORT OUT_PORT BYTES REPS CONNECTS
+    net_client.py BYTES REPS CONNECTS NAME:ECHO_PORT:IN_PORT:OUT_PORT [NAME:...]...
 
-Prints "RESULT in MiB/s", "RESULT out MiB/s" per repetition and "RESULT connect ms" per
-connection: throughput in = BYTES written to IN_PORT until the guest has read them all (its nc
-closes at EOF); out = BYTES read from OUT_PORT; connect = connect() plus a one-byte echo on
-ECHO_PORT, the time until a connection does work end to end.
+For each guest, through its three ports: "throughput in" = BYTES written to IN_PORT until the
+guest has read them all (its nc closes at EOF); "out" = BYTES read from OUT_PORT; "connect" =
+connect() plus a one-byte echo on ECHO_PORT, the time until a connection does work end to end.
+The guests take turns, one repetition or one connection each, so that drift in a noisy machine
+(the nested harness) falls on all of them alike. Prints "RESULT NAME KIND VALUE" lines (MiB/s,
+or ms for connect).
 """
 import socket
 import sys
@@ -63,27 +65,38 @@ def throughput_out(port, nbytes):
     return nbytes / dt / (1 << 20)
 
 
-def main():
-    echo, pin, pout, nbytes, reps, conns = (int(a) for a in sys.argv[1:7])
+def wait_ready(name, echo):
     # The guest's servers may still be starting: wait until the echo answers.
     deadline = time.monotonic() + 120
     while True:
         try:
             echo_once(echo)
-            break
+            return
         except (OSError, SystemExit):
             if time.monotonic() > deadline:
-                raise SystemExit("the guest's echo server never answered")
+                raise SystemExit("%s: the guest's echo server never answered" % name)
             time.sleep(0.2)
-    throughput_in(pin, 1 << 20)  # warm up both paths
-    throughput_out(pout, nbytes)
+
+
+def main():
+    nbytes, reps, conns = (int(a) for a in sys.argv[1:4])
+    guests = []
+    for spec in sys.argv[4:]:
+        name, e, i, o = spec.split(":")
+        guests.append((name, int(e), int(i), int(o)))
+    for name, e, i, o in guests:
+        wait_ready(name, e)
+        throughput_in(i, 1 << 20)  # warm up both paths
+        throughput_out(o, nbytes)
     for _ in range(reps):
-        print("RESULT in %.2f" % throughput_in(pin, nbytes), flush=True)
-        print("RESULT out %.2f" % throughput_out(pout, nbytes), flush=True)
+        for name, e, i, o in guests:
+            print("RESULT %s in %.2f" % (name, throughput_in(i, nbytes)), flush=True)
+            print("RESULT %s out %.2f" % (name, throughput_out(o, nbytes)), flush=True)
     for _ in range(conns):
-        t0 = time.monotonic()
-        echo_once(echo)
-        print("RESULT connect %.3f" % ((time.monotonic() - t0) * 1000), flush=True)
+        for name, e, i, o in guests:
+            t0 = time.monotonic()
+            echo_once(e)
+            print("RESULT %s connect %.3f" % (name, (time.monotonic() - t0) * 1000), flush=True)
 
 
 main()
