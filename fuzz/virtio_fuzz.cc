@@ -1,5 +1,5 @@
 // libFuzzer target: arbitrary bytes become virtqueue rings in guest RAM (see
-// src/devices/virtio/fuzz_input.h), walked by a Queue and served by blk, rng and vsock.
+// src/devices/virtio/fuzz_input.h), walked by a Queue and served by blk, rng, vsock and net.
 // Build and run (clang only):
 //   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DSM_FUZZ=ON && cmake --build build-fuzz --target virtio_fuzz
 //   build-fuzz/fuzz/virtio_fuzz -max_total_time=60
@@ -14,7 +14,9 @@
 #include <spdlog/spdlog.h>
 
 #include "devices/virtio/blk.h"
+#include "devices/virtio/fake_net_backend.h"
 #include "devices/virtio/fuzz_input.h"
+#include "devices/virtio/net.h"
 #include "devices/virtio/rng.h"
 #include "devices/virtio/vsock.h"
 #include "vmm/event_loop.h"
@@ -43,6 +45,9 @@ struct World {
   sm::virtio::Blk blk{disk};
   sm::virtio::Rng rng{4096};
   std::shared_ptr<sm::virtio::Vsock> vsock = sm::virtio::Vsock::create(loop, 3, dir + "/v.sock");
+  std::shared_ptr<sm::virtio::testing::FakeNetBackend> net_backend =
+      std::make_shared<sm::virtio::testing::FakeNetBackend>(64);
+  std::shared_ptr<sm::virtio::Net> net = sm::virtio::Net::create(loop, net_backend);
   std::shared_ptr<sm::virtio::VirtioInterrupt> irq = std::make_shared<sm::virtio::VirtioInterrupt>(nullptr);
 };
 
@@ -63,5 +68,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fz::drive_device(w->blk, w->mem, l, w->irq);
   fz::drive_device(w->rng, w->mem, l, w->irq);
   fz::drive_device(*w->vsock, w->mem, l, w->irq);
+  // Frames waiting for the guest, of sizes around the edges, so the receive path runs too.
+  while (w->net_backend->rx_pending() < 3)
+    w->net_backend->queue_rx(sm::virtio::testing::FakeNetBackend::Frame(size % 2 ? 60 : 1514, std::byte{0x42}));
+  fz::drive_device(*w->net, w->mem, l, w->irq);
+  (void)w->net_backend->take_sent();
+  (void)w->loop.run_once(0);  // continuations the net device posted
   return 0;
 }
