@@ -12,6 +12,7 @@
 #include <streambuf>
 
 #include "common/error.h"
+#include "oci/archive_error.h"
 
 namespace sm::oci {
 
@@ -59,7 +60,7 @@ class ArchiveEntryBuf : public std::streambuf {
  protected:
   int_type underflow() override {
     la_ssize_t n = archive_read_data(a_, buf_, sizeof buf_);
-    if (n < 0) throw Error(std::string("reading the archive failed: ") + archive_error_string(a_));
+    if (n < 0) throw Error(std::string("reading the archive failed: ") + archive_why(a_));
     if (n == 0) return traits_type::eof();
     setg(buf_, buf_, buf_ + n);
     return traits_type::to_int_type(buf_[0]);
@@ -116,7 +117,7 @@ Contents read_tar(Store& store, const fs::path& file) {
   archive_read_support_format_tar(a);
   archive_read_support_format_gnutar(a);
   if (archive_read_open_filename(a, file.c_str(), 1 << 16) != ARCHIVE_OK)
-    throw Error(fmt::format("not a readable tar archive: {}", archive_error_string(a)));
+    throw Error(fmt::format("not a readable tar archive: {}", archive_why(a)));
   archive_entry* e;
   std::size_t n = 0;
   int rc;
@@ -145,11 +146,11 @@ Contents read_tar(Store& store, const fs::path& file) {
     try {
       take_entry(store, c, path, static_cast<std::uint64_t>(archive_entry_size(e)), in);
     } catch (const std::ios_base::failure&) {
-      throw Error(fmt::format("{}: {}", path, archive_error_string(a)));
+      throw Error(fmt::format("{}: {}", path, archive_why(a)));
     }
   }
   if (rc != ARCHIVE_EOF)
-    throw Error(fmt::format("not a readable tar archive: {}", archive_error_string(a)));
+    throw Error(fmt::format("not a readable tar archive: {}", archive_why(a)));
   if (n == 0) throw Error("empty archive");
   return c;
 }

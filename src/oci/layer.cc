@@ -26,6 +26,7 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "oci/archive_error.h"
 
 namespace sm::oci {
 namespace {
@@ -261,7 +262,7 @@ la_ssize_t read_cb(archive* a, void* user, const void** buf) {
   int r = archive_read_data_block(d->raw, buf, &size, &offset);
   if (r == ARCHIVE_EOF) return 0;
   if (r < ARCHIVE_WARN) {
-    archive_set_error(a, archive_errno(d->raw), "%s", archive_error_string(d->raw));
+    archive_set_error(a, archive_errno(d->raw), "%s", archive_why(d->raw));
     return -1;
   }
   d->bytes += size;
@@ -301,11 +302,11 @@ class Applier {
 
     if (archive_read_open_filename(raw.get(), blob_.c_str(), 1 << 16) != ARCHIVE_OK)
       throw Error(fmt::format("cannot read layer {}: {}", blob_.string(),
-                              archive_error_string(raw.get())));
+                              archive_why(raw.get())));
     archive_entry* raw_entry = nullptr;
     if (archive_read_next_header(raw.get(), &raw_entry) != ARCHIVE_OK)
       throw Error(fmt::format("cannot read layer {}: {}", blob_.string(),
-                              archive_error_string(raw.get())));
+                              archive_why(raw.get())));
 
     Decompressed d;
     d.raw = raw.get();
@@ -314,7 +315,7 @@ class Applier {
     d.cap = limits_.max_total_size + limits_.max_entries * 1024 + (1u << 20);
     if (archive_read_open(tar.get(), &d, nullptr, read_cb, nullptr) != ARCHIVE_OK)
       throw Error(fmt::format("layer {} is not a tar archive (gzip, zstd or uncompressed): {}",
-                              blob_.string(), archive_error_string(tar.get())));
+                              blob_.string(), archive_why(tar.get())));
 
     archive_entry* e = nullptr;
     for (;;) {
@@ -346,7 +347,7 @@ class Applier {
     }
     if (r != ARCHIVE_EOF)
       throw Error(fmt::format("layer {}: cannot decompress: {}", blob_.string(),
-                              archive_error_string(raw.get())));
+                              archive_why(raw.get())));
     try {
       finish_directories();
     } catch (const Refusal& r) {
@@ -367,7 +368,7 @@ class Applier {
                               blob_.string(), d.cap));
     throw Error(fmt::format("layer {}: corrupt archive while {}{}: {}", blob_.string(), when,
                             current_.empty() ? "" : fmt::format(" after entry \"{}\"", current_),
-                            archive_error_string(tar)));
+                            archive_why(tar)));
   }
 
   // Every path this layer put in place, with all its ancestors: whiteouts and opaque markers
@@ -551,7 +552,7 @@ class Applier {
     for (;;) {
       int r = archive_read_data_block(tar, &buf, &size, &offset);
       if (r == ARCHIVE_EOF) break;
-      if (r < ARCHIVE_WARN) refuse(fmt::format("cannot read file data: {}", archive_error_string(tar)));
+      if (r < ARCHIVE_WARN) refuse(fmt::format("cannot read file data: {}", archive_why(tar)));
       written += size;
       stats_.file_bytes += size;
       if (written > limits_.max_file_size) refuse("file data exceeds the size limit");
