@@ -318,8 +318,9 @@ TEST(SlirpBackend, DestroyedWhileBusy) {
     }
     std::atomic<bool> go{true};
     // Nobody takes RX frames, so the RX queue fills too; a sender keeps TX busy.
+    const uint16_t sink_port = port;  // structured bindings cannot be captured in C++20
     std::thread sender([&] {
-      auto f = udp4_frame(ip4("10.0.2.15"), 5, ip4("10.0.2.2"), port, bytes({1, 2, 3, 4}));
+      auto f = udp4_frame(ip4("10.0.2.15"), 5, ip4("10.0.2.2"), sink_port, bytes({1, 2, 3, 4}));
       while (go.load()) (void)b->send(f);
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -3,11 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <type_traits>
 
 #include "arch/x86_64/bootparam_abi.h"
 #include "arch/x86_64/layout.h"
 #include "arch/x86_64/test_kernels.h"
 #include "common/error.h"
+
+// The zero page is a packed struct: gtest's EXPECT_EQ binds its arguments by reference, which
+// for a misaligned member is undefined behaviour (UBSan says so). Compare a copy instead.
+#define PACKED(x) static_cast<std::remove_cvref_t<decltype(x)>>(x)
 
 namespace sm::x86 {
 namespace {
@@ -109,27 +114,27 @@ TEST_F(ZeroPageTest, BzImageHeaderIsCopiedAndFilledIn) {
   write_boot_params(*mem, k, cmd, InitrdPlacement{0x7000000, 0x123456}, ram_bytes);
 
   const auto bp = zero_page();
-  EXPECT_EQ(bp.hdr.boot_flag, abi::kBootFlagMagic);
-  EXPECT_EQ(bp.hdr.header, abi::kHeaderMagic);
-  EXPECT_EQ(bp.hdr.version, 0x020f);
+  EXPECT_EQ(PACKED(bp.hdr.boot_flag), abi::kBootFlagMagic);
+  EXPECT_EQ(PACKED(bp.hdr.header), abi::kHeaderMagic);
+  EXPECT_EQ(PACKED(bp.hdr.version), 0x020f);
   EXPECT_EQ(bp.hdr.xloadflags & abi::kXlfKernel64, abi::kXlfKernel64);
-  EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
+  EXPECT_EQ(PACKED(bp.hdr.type_of_loader), 0xff);
   EXPECT_TRUE(bp.hdr.loadflags & abi::kLoadedHigh);
-  EXPECT_EQ(bp.hdr.cmd_line_ptr, kCmdlineAddr);
-  EXPECT_EQ(bp.hdr.cmdline_size, 2047u);  // the kernel's field, untouched
-  EXPECT_EQ(bp.hdr.ramdisk_image, 0x7000000u);
-  EXPECT_EQ(bp.hdr.ramdisk_size, 0x123456u);
-  EXPECT_EQ(bp.ext_ramdisk_image, 0u);
-  EXPECT_EQ(bp.sentinel, 0);
+  EXPECT_EQ(PACKED(bp.hdr.cmd_line_ptr), kCmdlineAddr);
+  EXPECT_EQ(PACKED(bp.hdr.cmdline_size), 2047u);  // the kernel's field, untouched
+  EXPECT_EQ(PACKED(bp.hdr.ramdisk_image), 0x7000000u);
+  EXPECT_EQ(PACKED(bp.hdr.ramdisk_size), 0x123456u);
+  EXPECT_EQ(PACKED(bp.ext_ramdisk_image), 0u);
+  EXPECT_EQ(PACKED(bp.sentinel), 0);
   EXPECT_EQ(cmdline_in_guest(cmd.size()), cmd + '\0');
 
-  ASSERT_EQ(bp.e820_entries, 3);
-  EXPECT_EQ(bp.e820_table[0].addr, 0u);
-  EXPECT_EQ(bp.e820_table[0].size, 0x9fc00u);
-  EXPECT_EQ(bp.e820_table[0].type, 1u);
-  EXPECT_EQ(bp.e820_table[1].type, 2u);
-  EXPECT_EQ(bp.e820_table[2].addr, 0x100000u);
-  EXPECT_EQ(bp.e820_table[2].size, 255 * kMiB);
+  ASSERT_EQ(PACKED(bp.e820_entries), 3);
+  EXPECT_EQ(PACKED(bp.e820_table[0].addr), 0u);
+  EXPECT_EQ(PACKED(bp.e820_table[0].size), 0x9fc00u);
+  EXPECT_EQ(PACKED(bp.e820_table[0].type), 1u);
+  EXPECT_EQ(PACKED(bp.e820_table[1].type), 2u);
+  EXPECT_EQ(PACKED(bp.e820_table[2].addr), 0x100000u);
+  EXPECT_EQ(PACKED(bp.e820_table[2].size), 255 * kMiB);
 }
 
 TEST_F(ZeroPageTest, VmlinuxGetsAMinimalHeader) {
@@ -138,12 +143,12 @@ TEST_F(ZeroPageTest, VmlinuxGetsAMinimalHeader) {
   const auto k = load_kernel(*mem, elf);
   write_boot_params(*mem, k, "quiet", std::nullopt, ram_bytes);
   const auto bp = zero_page();
-  EXPECT_EQ(bp.hdr.boot_flag, abi::kBootFlagMagic);
-  EXPECT_EQ(bp.hdr.header, abi::kHeaderMagic);
-  EXPECT_EQ(bp.hdr.type_of_loader, 0xff);
-  EXPECT_EQ(bp.hdr.cmd_line_ptr, kCmdlineAddr);
-  EXPECT_EQ(bp.hdr.ramdisk_image, 0u);
-  EXPECT_EQ(bp.hdr.ramdisk_size, 0u);
+  EXPECT_EQ(PACKED(bp.hdr.boot_flag), abi::kBootFlagMagic);
+  EXPECT_EQ(PACKED(bp.hdr.header), abi::kHeaderMagic);
+  EXPECT_EQ(PACKED(bp.hdr.type_of_loader), 0xff);
+  EXPECT_EQ(PACKED(bp.hdr.cmd_line_ptr), kCmdlineAddr);
+  EXPECT_EQ(PACKED(bp.hdr.ramdisk_image), 0u);
+  EXPECT_EQ(PACKED(bp.hdr.ramdisk_size), 0u);
   EXPECT_EQ(cmdline_in_guest(5), std::string("quiet") + '\0');
 }
 
@@ -170,8 +175,8 @@ TEST_F(ZeroPageTest, InitrdAboveFourGiBUsesTheExtFields) {
   const auto k = load_kernel(*mem, testing::make_bzimage());
   write_boot_params(*mem, k, "", InitrdPlacement{0x123456000, 0x1000}, ram_bytes);
   const auto bp = zero_page();
-  EXPECT_EQ(bp.hdr.ramdisk_image, 0x23456000u);
-  EXPECT_EQ(bp.ext_ramdisk_image, 0x1u);
+  EXPECT_EQ(PACKED(bp.hdr.ramdisk_image), 0x23456000u);
+  EXPECT_EQ(PACKED(bp.ext_ramdisk_image), 0x1u);
 }
 
 struct ZeroPageFiveGiB : ZeroPageTest {
@@ -182,10 +187,10 @@ TEST_F(ZeroPageFiveGiB, E820InTheZeroPage) {
   const auto k = load_kernel(*mem, testing::make_bzimage());
   write_boot_params(*mem, k, "", std::nullopt, ram_bytes);
   const auto bp = zero_page();
-  ASSERT_EQ(bp.e820_entries, 4);
-  EXPECT_EQ(bp.e820_table[3].addr, 4 * kGiB);
-  EXPECT_EQ(bp.e820_table[3].size, 2 * kGiB);
-  EXPECT_EQ(bp.e820_table[3].type, 1u);
+  ASSERT_EQ(PACKED(bp.e820_entries), 4);
+  EXPECT_EQ(PACKED(bp.e820_table[3].addr), 4 * kGiB);
+  EXPECT_EQ(PACKED(bp.e820_table[3].size), 2 * kGiB);
+  EXPECT_EQ(PACKED(bp.e820_table[3].type), 1u);
 }
 
 }  // namespace

@@ -332,9 +332,9 @@ TEST_F(VsockTest, AdvertisesGuestCid) {
 }
 
 TEST_F(VsockTest, RefusesAnExistingPathAndReservedCids) {
-  EXPECT_THROW(Vsock::create(loop_, kGuestCid, path_), Error);
-  EXPECT_THROW(Vsock::create(loop_, 2, dir_ + "/other.sock"), Error);
-  EXPECT_THROW(Vsock::create(loop_, kGuestCid, dir_ + "/" + std::string(120, 'x')), Error);
+  EXPECT_THROW((void)Vsock::create(loop_, kGuestCid, path_), Error);
+  EXPECT_THROW((void)Vsock::create(loop_, 2, dir_ + "/other.sock"), Error);
+  EXPECT_THROW((void)Vsock::create(loop_, kGuestCid, dir_ + "/" + std::string(120, 'x')), Error);
 }
 
 TEST_F(VsockTest, HostToGuestConnectAndExchange) {
